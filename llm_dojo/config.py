@@ -1,0 +1,229 @@
+"""Configuration: dataclasses parsed by `transformers.HfArgumentParser` from YAML plus `key=value` overrides.
+
+One flat namespace, as in the original LLM-Dojo: every key of every dataclass below, and every
+`transformers.TrainingArguments` field, may appear at the top level of the YAML file or on the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and a hint of the fix in the message."""
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from and how to load it."""
+
+    model_name_or_path: str = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "hub id, local folder, or the embedded alias 'smollm2-135m-instruct'"},
+    )
+    train_mode: Literal["lora", "qlora", "full"] = field(
+        default="lora", metadata={"help": "lora | qlora (4-bit NF4 base + LoRA) | full (every weight trained)"}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with the model (off by default)"})
+    attn_implementation: Optional[str] = field(
+        default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2 (flash needs a GPU and the flash-attn package)"}
+    )
+    model_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on a capable GPU, else fp32) | bf16 | fp16 | fp32"})
+
+
+@dataclass
+class AdapterArguments:
+    """LoRA-family settings (ignored when train_mode is full)."""
+
+    lora_rank: int = field(default=16, metadata={"help": "rank r of the low-rank update"})
+    lora_alpha: float = field(default=32, metadata={"help": "scale numerator: the update is scaled by alpha/r"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the adapter's input"})
+    lora_target_modules: str = field(
+        default="all-linear",
+        metadata={"help": "'all-linear' (every linear layer but the output head) or a comma-separated list"},
+    )
+    use_dora: bool = field(default=False, metadata={"help": "DoRA: learn a magnitude and a direction (arXiv:2402.09353)"})
+    use_rslora: bool = field(default=False, metadata={"help": "rsLoRA: scale by alpha/sqrt(r) (arXiv:2312.03732)"})
+    init_lora_weights: str = field(
+        default="default", metadata={"help": "default | gaussian | pissa | pissa_niter_N | olora (PEFT's init options)"}
+    )
+    loraplus_lr_ratio: Optional[float] = field(
+        default=None, metadata={"help": "LoRA+: learning rate of B = lr × ratio (usual 16; arXiv:2402.12354)"}
+    )
+    trick_impl: Literal["peft", "dojo"] = field(
+        default="peft", metadata={"help": "peft (library) or dojo (our from-scratch layers in llm_tricks/)"}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the data is and how conversations become tokens and labels."""
+
+    train_data_path: Optional[str] = field(
+        default=None, metadata={"help": "jsonl/json/parquet file, a folder of them, or several joined by commas"}
+    )
+    eval_data_path: Optional[str] = field(default=None, metadata={"help": "held-out data in the same formats"})
+    template_name: str = field(
+        default="auto", metadata={"help": "auto (the tokenizer's own chat template) or a registry name (dojo template list)"}
+    )
+    dataset_format: Literal["auto", "alpaca", "sharegpt", "messages"] = field(
+        default="auto", metadata={"help": "record format; auto detects it per record"}
+    )
+    max_len: int = field(default=1024, metadata={"help": "maximum tokens per sample (longer samples are truncated)"})
+    mask_history: bool = field(default=False, metadata={"help": "train only the last assistant turn"})
+    skip_invalid: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of stopping"})
+    packing: bool = field(default=True, metadata={"help": "pack samples into rows without cross-sample attention"})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N records (quick runs)"})
+
+
+@dataclass
+class DojoTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` with defaults that suit chat fine-tuning on one machine."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "where the adapter/model and logs are written"})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | …"})
+    logging_steps: float = field(default=5, metadata={"help": "log every N steps"})
+    save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints during training)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "keep our columns (position_ids)"})
+
+
+CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, DojoTrainingArguments)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, grouped."""
+
+    model: ModelArguments
+    adapter: AdapterArguments
+    data: DataArguments
+    training: DojoTrainingArguments
+
+    def to_flat_dict(self) -> dict:
+        """All fields as one flat dict of plain values (the resolved config written next to the adapter)."""
+        flat: dict = {}
+        for part in (self.model, self.adapter, self.data):
+            flat.update({f.name: getattr(part, f.name) for f in fields(part)})
+        training = self.training.to_dict()
+        flat.update({k: v for k, v in training.items() if not k.startswith("_")})
+        return flat
+
+
+class _RaisingParser(HfArgumentParser):
+    """argparse exits the process on a bad value; we want an exception that the caller can show and test."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise ConfigError(message.replace("--", ""))
+
+
+def known_keys() -> set[str]:
+    """Every key a config may use."""
+    return {f.name for cls in CONFIG_CLASSES for f in fields(cls) if f.init}
+
+
+def _to_argv(values: dict, origin: str) -> list[str]:
+    """Turn {key: value} into argparse tokens, checking keys first so unknown ones get a helpful message."""
+    valid = known_keys()
+    argv: list[str] = []
+    for key, value in values.items():
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else " Run `dojo train --help` for the list."
+            raise ConfigError(f"{origin}: unknown key '{key}'.{hint}")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if isinstance(value, (list, tuple)):
+            argv.append(f"--{key}")
+            argv.extend(str(v) for v in value)
+            continue
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        argv.extend([f"--{key}", str(value)])
+    return argv
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML config file into a dict, with clear errors for a missing file or bad YAML."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of key: value")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Parse `key=value` command-line overrides; values are YAML scalars (so 1e-4, true, [a, b] work)."""
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"command line: expected key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        try:
+            overrides[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            overrides[key] = raw
+    return overrides
+
+
+def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Build the TrainConfig from an optional YAML file and `key=value` overrides (overrides win)."""
+    values = read_yaml(config_path) if config_path else {}
+    argv = _to_argv(values, config_path or "config")
+    argv += _to_argv(parse_overrides(overrides or []), "command line")
+    parser = _RaisingParser(CONFIG_CLASSES)
+    try:
+        model_args, adapter_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:  # raised by TrainingArguments.__post_init__ for inconsistent values
+        raise ConfigError(f"{config_path or 'config'}: {err}") from None
+    config = TrainConfig(model_args, adapter_args, data_args, training_args)
+    validate(config, config_path or "config")
+    return config
+
+
+def validate(config: TrainConfig, origin: str) -> None:
+    """Checks argparse cannot express: ranges and combinations."""
+    data, adapter = config.data, config.adapter
+    if not data.train_data_path:
+        raise ConfigError(f"{origin}: 'train_data_path' is required (a jsonl/json/parquet file or folder)")
+    if data.max_len < 16:
+        raise ConfigError(f"{origin}: 'max_len' must be at least 16, got {data.max_len}")
+    if adapter.lora_rank < 1:
+        raise ConfigError(f"{origin}: 'lora_rank' must be a positive integer, got {adapter.lora_rank}")
+    if not 0.0 <= adapter.lora_dropout < 1.0:
+        raise ConfigError(f"{origin}: 'lora_dropout' must be in [0, 1), got {adapter.lora_dropout}")
+    if adapter.loraplus_lr_ratio is not None and adapter.loraplus_lr_ratio <= 0:
+        raise ConfigError(f"{origin}: 'loraplus_lr_ratio' must be positive, got {adapter.loraplus_lr_ratio}")
+    if adapter.trick_impl == "dojo":
+        if config.model.train_mode != "lora":
+            raise ConfigError(f"{origin}: 'trick_impl: dojo' supports train_mode 'lora' only (got '{config.model.train_mode}')")
+        if adapter.init_lora_weights != "default":
+            raise ConfigError(f"{origin}: 'trick_impl: dojo' uses the default init; set init_lora_weights: default")
+
+
+def config_help() -> str:
+    """A short listing of LLM-Dojo's own keys (TrainingArguments keys are documented by transformers)."""
+    lines = []
+    for cls in CONFIG_CLASSES[:-1]:
+        lines.append(f"[{cls.__name__}] {cls.__doc__}")
+        for f in fields(cls):
+            lines.append(f"  {f.name} (default {f.default!r}): {f.metadata.get('help', '')}")
+    lines.append("[TrainingArguments] every transformers.TrainingArguments field, e.g. learning_rate, num_train_epochs,")
+    lines.append("  per_device_train_batch_size, gradient_accumulation_steps, gradient_checkpointing, seed, bf16 …")
+    return "\n".join(lines)

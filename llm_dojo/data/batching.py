@@ -1,0 +1,120 @@
+"""Samples → batches. Two ways, both keeping labels exactly as `encode` made them:
+
+- packing (default): best-fit-decreasing into rows of at most `max_len` tokens. Each sample keeps its own
+  `position_ids` starting at 0 and no attention mask is passed, so transformers builds a per-sample causal mask
+  (SDPA) — no token attends across a sample boundary. The first token of every sample gets label -100, so the
+  usual one-token label shift never asks a sample's last token to predict the next sample's first token.
+- padding: samples of similar length grouped together, padded on the right to the longest in the batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
+
+
+def pack_best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group sample indices into rows whose total length is at most `capacity` (best-fit decreasing)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    rows: list[list[int]] = []
+    # (free space, row index) kept sorted so the tightest row that still fits is found by bisection.
+    free: list[tuple[int, int]] = []
+    for index in order:
+        need = lengths[index]
+        if need > capacity:
+            raise ValueError(f"sample {index} has {need} tokens, more than the row capacity {capacity}")
+        slot = bisect.bisect_left(free, (need, -1))
+        if slot < len(free):
+            space, row = free.pop(slot)
+            rows[row].append(index)
+            bisect.insort(free, (space - need, row))
+        else:
+            rows.append([index])
+            bisect.insort(free, (capacity - need, len(rows) - 1))
+    return rows
+
+
+@dataclass
+class PackedRow:
+    """Several samples joined into one training row."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+
+def build_packed_rows(samples: Sequence[EncodedSample], capacity: int, seed: int = 0) -> list[PackedRow]:
+    """Pack samples into rows (best-fit decreasing), then shuffle the rows so batches mix lengths fairly."""
+    groups = pack_best_fit_decreasing([len(s.input_ids) for s in samples], capacity)
+    rows = []
+    for group in groups:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        position_ids: list[int] = []
+        for index in group:
+            sample = samples[index]
+            input_ids += sample.input_ids
+            labels += [IGNORE_INDEX] + sample.labels[1:]  # never predict across a sample boundary
+            position_ids += list(range(len(sample.input_ids)))
+        rows.append(PackedRow(input_ids, labels, position_ids))
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+class PackedCollator:
+    """Stack packed rows into a batch; rows of unequal length are padded with a separate dummy 'sample'."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        input_ids, labels, position_ids = [], [], []
+        for row in rows:
+            pad = width - len(row["input_ids"])
+            input_ids.append(row["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(row["labels"] + [IGNORE_INDEX] * pad)
+            # Padding restarts its positions at 0 so it forms its own segment and is attended by no real token.
+            position_ids.append(row["position_ids"] + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(position_ids, dtype=torch.long),
+        }
+
+
+class PaddedCollator:
+    """Right-pad samples to the longest in the batch; attention_mask marks real tokens."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(s["input_ids"]) for s in samples)
+        input_ids, labels, attention_mask = [], [], []
+        for sample in samples:
+            pad = width - len(sample["input_ids"])
+            input_ids.append(sample["input_ids"] + [self.pad_token_id] * pad)
+            labels.append(sample["labels"] + [IGNORE_INDEX] * pad)
+            attention_mask.append([1] * len(sample["input_ids"]) + [0] * pad)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+        }
+
+
+def rows_as_records(rows: Iterable[PackedRow]) -> list[dict]:
+    """Packed rows as plain dicts (what a torch Dataset / the Trainer iterates over)."""
+    return [{"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids} for r in rows]
+
+
+def samples_as_records(samples: Iterable[EncodedSample]) -> list[dict]:
+    """Encoded samples as plain dicts for the padded path."""
+    return [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]

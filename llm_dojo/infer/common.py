@@ -1,0 +1,295 @@
+"""What chat, generate and serve share: turning records into prompts, stop tokens, sampling settings, streaming.
+
+The prompt is always rendered by the tokenizer's own chat template (the one saved with the model or adapter, i.e.
+the one used in training) with `add_generation_prompt=True`, then tokenized with `add_special_tokens=False`:
+templates that print the BOS token themselves would otherwise get it twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# End-of-turn markers of the common chat template families. A marker counts only if the template actually prints it
+# and the tokenizer knows it as one token, so listing a foreign family's marker here is harmless.
+END_OF_TURN_MARKERS = (
+    "<|im_end|>",  # ChatML: Qwen, SmolLM, Yi, …
+    "<|eot_id|>",  # Llama 3
+    "<|eom_id|>",  # Llama 3.1 tool calls
+    "<end_of_turn>",  # Gemma
+    "<|end|>",  # Phi-3
+    "<|endoftext|>",  # Phi-3 / Qwen base
+    "</s>",  # Llama 2, Mistral
+    "<|end_of_text|>",  # Llama 3 base
+)
+
+Message = dict[str, str]
+
+
+# --------------------------------------------------------------------------------------------------- stop tokens
+
+
+def _as_id_list(value: Any) -> list[int]:
+    """An eos setting may be None, an int or a list of ints; always return a list."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end an assistant turn: eos ids (tokenizer + generation_config) plus the template's terminator."""
+    ids = _as_id_list(tokenizer.eos_token_id)
+    generation_config = getattr(model, "generation_config", None) if model is not None else None
+    if generation_config is not None:
+        ids += _as_id_list(generation_config.eos_token_id)
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    for marker in END_OF_TURN_MARKERS:
+        if marker not in template:
+            continue
+        marker_ids = tokenizer.convert_tokens_to_ids([marker])
+        if marker_ids and marker_ids[0] is not None and marker_ids[0] != tokenizer.unk_token_id:
+            ids.append(int(marker_ids[0]))
+    unique = sorted(set(ids))
+    if not unique:
+        raise ValueError("the tokenizer has no eos token and its chat template no known end-of-turn marker; "
+                         "set eos_token in tokenizer_config.json")
+    return unique
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used to pad batches (load_tokenizer guarantees a pad token)."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return _as_id_list(tokenizer.eos_token_id)[0]
+
+
+# --------------------------------------------------------------------------------------------------- prompts
+
+
+def record_to_messages(record: Any, where: str = "input") -> list[Message]:
+    """Turn one input record ({"prompt"}, {"instruction", "input"} or {"messages"}) into chat messages."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        return validate_messages(record["messages"], where=f"{where}, field 'messages'")
+    if "prompt" in record:
+        prompt = record["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{where}, field 'prompt': expected a non-empty string, got {prompt!r:.80}")
+        return [{"role": "user", "content": prompt}]
+    if "instruction" in record:
+        instruction, extra = record["instruction"], record.get("input", "")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"{where}, field 'instruction': expected a non-empty string, got {instruction!r:.80}")
+        if extra is None:
+            extra = ""
+        if not isinstance(extra, str):
+            raise ValueError(f"{where}, field 'input': expected a string, got {type(extra).__name__}")
+        # Same joining as the alpaca loader: instruction, blank line, input.
+        content = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return [{"role": "user", "content": content}]
+    raise ValueError(f"{where}: no 'prompt', 'instruction' or 'messages' field (fields present: {sorted(record)})")
+
+
+def validate_messages(messages: Any, where: str = "messages") -> list[Message]:
+    """Check a list of {"role", "content"} messages that ends with a user (or system/tool) turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: expected a non-empty list of {{'role', 'content'}} objects")
+    clean = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"{where}[{i}]: expected an object, got {type(message).__name__}")
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"{where}[{i}].role: expected system/user/assistant/tool, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"{where}[{i}].content: expected a string, got {type(content).__name__}")
+        clean.append({"role": role, "content": content})
+    return clean
+
+
+def with_system(messages: list[Message], system: Optional[str]) -> list[Message]:
+    """Prepend a system message unless the conversation already has one (None keeps the template's default)."""
+    if system is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system}] + messages
+
+
+def render_prompt(tokenizer, messages: list[Message]) -> str:
+    """The chat template's text for `messages`, ending with the assistant header the model continues from."""
+    if not tokenizer.chat_template:
+        raise ValueError("this tokenizer has no chat template; use a chat/instruct model or an adapter folder "
+                         "written by `dojo train` (it carries the template used in training)")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_chat(tokenizer, messages: list[Message]) -> list[int]:
+    """Token ids of the rendered prompt (no extra special tokens: the template already has them)."""
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of a raw text prompt, with the tokenizer's usual special tokens (e.g. BOS)."""
+    return tokenizer(text)["input_ids"]
+
+
+# --------------------------------------------------------------------------------------------------- generation
+
+
+def generation_config(
+    stop_ids: Sequence[int],
+    pad_id: int,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+):
+    """A fresh GenerationConfig: greedy when temperature is 0, else sampling with temperature and top-p."""
+    from transformers import GenerationConfig
+
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    settings: dict[str, Any] = {"max_new_tokens": max_new_tokens, "eos_token_id": list(stop_ids), "pad_token_id": pad_id}
+    if temperature == 0:
+        settings["do_sample"] = False
+    else:
+        # top_k=0 disables the library's default top-k=50, so only temperature and top-p shape the distribution.
+        settings.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    return GenerationConfig(**settings)
+
+
+def cut_at_stop(token_ids: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """Generated ids up to (not including) the first stop token, and whether a stop token was found."""
+    stops = set(stop_ids)
+    for i, token in enumerate(token_ids):
+        if token in stops:
+            return list(token_ids[:i]), True
+    return list(token_ids), False
+
+
+def left_padded_batch(tokenizer, prompts: Sequence[Sequence[int]], device) -> dict[str, torch.Tensor]:
+    """Left-pad prompts into input_ids + attention_mask, so every row's last real token sits at the end."""
+    pad_id = pad_token_id(tokenizer)
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    # generate() derives position_ids from the attention mask, so padded rows count positions from their first real token.
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas, holding back bytes of an unfinished UTF-8 character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.token_ids: list[int] = []
+        self.emitted = ""
+
+    def add(self, token_id: int) -> str:
+        """Append one token and return the newly readable text (possibly empty)."""
+        self.token_ids.append(token_id)
+        # Decoding the whole answer each time is simple and exact (tokenizers merge spaces and bytes across tokens);
+        # for answers of a few hundred tokens it costs far less than a forward pass.
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the next token
+            return ""
+        delta = text[len(self.emitted):] if text.startswith(self.emitted) else text
+        self.emitted = text
+        return delta
+
+
+class RowStreamer:
+    """A transformers streamer for a batch: routes each row's new token to its own callback until the row stops.
+
+    `on_token(row, token_id)` is called for every generated token of a live row (stop token included);
+    the row is then finished and later padding is ignored. The first `put` (the prompt) is skipped.
+    """
+
+    def __init__(self, batch_size: int, stop_ids: Sequence[int], on_token: Callable[[int, int], None]):
+        self.stop_ids = set(stop_ids)
+        self.on_token = on_token
+        self.finished = [False] * batch_size
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if self.finished[row]:
+                continue
+            if token in self.stop_ids:
+                self.finished[row] = True
+            self.on_token(row, token)
+
+    def end(self) -> None:
+        pass
+
+
+class CancelRows:
+    """Stopping criterion: ends a row once `should_stop(row)` says so (cancelled request, or its own token limit)."""
+
+    def __init__(self, should_stop: Callable[[int], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = [self.should_stop(row) for row in range(input_ids.shape[0])]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class StopOnEvent:
+    """Stopping criterion that ends generation for every row once `event` is set (Ctrl-C in `dojo chat`)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+# --------------------------------------------------------------------------------------------------- CLI pieces
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_required: bool = False) -> None:
+    """--model / --adapter / --dtype / --load-in-4bit, shared by chat, generate and serve."""
+    parser.add_argument("--model", required=model_required,
+                        help="base model: hub id, local folder or 'smollm2-135m-instruct' (default: the adapter's base)")
+    parser.add_argument("--adapter", help="LoRA/DoRA/QLoRA adapter folder written by `dojo train`")
+    parser.add_argument("--dtype", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on a capable GPU, else fp32)")
+    parser.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit NF4 (as in QLoRA training)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: Optional[float], max_new_tokens: int) -> None:
+    """--temperature / --top-p / --max-new-tokens."""
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy decoding")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (ignored when greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+
+
+def load_from_args(args: argparse.Namespace):
+    """(model, tokenizer) for the model arguments added by add_model_arguments."""
+    from llm_dojo.models.loading import load_for_inference, parse_dtype
+
+    if args.model is None and args.adapter is None:
+        raise SystemExit("give --model, --adapter, or both")
+    return load_for_inference(
+        args.model,
+        args.adapter,
+        dtype=parse_dtype(args.dtype),
+        load_in_4bit=args.load_in_4bit,
+        trust_remote_code=args.trust_remote_code,
+    )

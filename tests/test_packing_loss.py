@@ -1,0 +1,157 @@
+"""Packing without cross-contamination, loss only at trained positions, and accumulation-equivalent normalisation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, pack_best_fit_decreasing,
+                                    rows_as_records, samples_as_records)
+from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
+from llm_dojo.loss import full_logits_loss, trained_positions_loss
+
+PACKED_LOGIT_TOLERANCE = 1e-4  # fp32: the per-sample mask changes only the order of floating-point reductions
+
+
+def random_samples(n: int, vocab: int, seed: int = 0, lo: int = 5, hi: int = 40) -> list[EncodedSample]:
+    rng = random.Random(seed)
+    samples = []
+    for i in range(n):
+        length = rng.randint(lo, hi)
+        ids = [rng.randrange(3, vocab) for _ in range(length)]
+        prompt = rng.randint(1, length - 2)
+        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
+        samples.append(EncodedSample(ids, labels, f"s{i}"))
+    return samples
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    return model.eval()
+
+
+def test_best_fit_decreasing_respects_capacity_and_uses_every_sample_once():
+    lengths = [random.Random(i).randint(1, 100) for i in range(200)]
+    rows = pack_best_fit_decreasing(lengths, capacity=128)
+    assert sorted(i for row in rows for i in row) == list(range(200))
+    assert all(sum(lengths[i] for i in row) <= 128 for row in rows)
+    lower_bound = -(-sum(lengths) // 128)
+    assert len(rows) <= lower_bound + 2  # BFD is near-optimal on this kind of input
+
+
+def test_packed_rows_restart_positions_and_never_predict_across_a_boundary():
+    samples = random_samples(10, 1000)
+    rows = build_packed_rows(samples, capacity=64)
+    for row in rows:
+        starts = [i for i, p in enumerate(row.position_ids) if p == 0]
+        for start in starts:
+            assert row.labels[start] == IGNORE_INDEX
+        assert len(row.input_ids) <= 64
+    assert sum(len(r.input_ids) for r in rows) == sum(len(s.input_ids) for s in samples)
+
+
+def test_packed_logits_equal_each_sample_run_alone(tiny_llama):
+    samples = random_samples(9, tiny_llama.config.vocab_size, seed=1)
+    rows = rows_as_records(build_packed_rows(samples, capacity=96))
+    batch = PackedCollator(pad_token_id=0)(rows)
+    assert batch["input_ids"].shape[0] > 1  # several rows, padded: the pad segment must not disturb anything
+    with torch.no_grad():
+        packed_logits = tiny_llama(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                   use_cache=False).logits
+    by_ids = {tuple(s.input_ids): s for s in samples}
+    checked = 0
+    for row_index, row in enumerate(rows):
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        for start, end in zip(starts, starts[1:]):
+            ids = row["input_ids"][start:end]
+            assert tuple(ids) in by_ids
+            with torch.no_grad():
+                alone = tiny_llama(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+            error = (packed_logits[row_index, start:end] - alone).abs().max().item()
+            assert error < PACKED_LOGIT_TOLERANCE, error
+            checked += 1
+    assert checked == len(samples)
+
+
+def test_packed_loss_equals_mean_of_samples_run_alone(tiny_llama):
+    samples = random_samples(7, tiny_llama.config.vocab_size, seed=2)
+    packed = PackedCollator(0)(rows_as_records(build_packed_rows(samples, capacity=128)))
+    with torch.no_grad():
+        packed_loss, n = trained_positions_loss(tiny_llama, packed)
+        total = 0.0
+        count = 0
+        for sample in samples:
+            alone = PaddedCollator(0)(samples_as_records([sample]))
+            loss, k = trained_positions_loss(tiny_llama, alone)
+            total += loss.item() * k
+            count += k
+    assert n == count
+    assert packed_loss.item() == pytest.approx(total / count, abs=1e-5)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_trained_positions_loss_equals_full_logits_loss(tiny_llama, packing):
+    samples = random_samples(6, tiny_llama.config.vocab_size, seed=3)
+    if packing:
+        batch = PackedCollator(0)(rows_as_records(build_packed_rows(samples, capacity=80)))
+    else:
+        batch = PaddedCollator(0)(samples_as_records(samples))
+    with torch.no_grad():
+        ours, _ = trained_positions_loss(tiny_llama, batch)
+        reference = full_logits_loss(tiny_llama, batch)
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-6, abs=1e-5)
+
+
+def test_logits_are_computed_only_at_trained_positions(tiny_llama):
+    samples = random_samples(4, tiny_llama.config.vocab_size, seed=4)
+    batch = PaddedCollator(0)(samples_as_records(samples))
+    seen = {}
+
+    def record_rows(module, inputs, output):
+        seen["rows"] = output.shape[0]
+
+    handle = tiny_llama.lm_head.register_forward_hook(record_rows)
+    try:
+        with torch.no_grad():
+            _, trained = trained_positions_loss(tiny_llama, batch)
+    finally:
+        handle.remove()
+    assert seen["rows"] == trained < batch["input_ids"].numel()
+
+
+def test_gradient_accumulation_of_four_micro_batches_equals_one_batch_of_four(tiny_model_dir, tmp_path):
+    """Through the real DojoTrainer: 4 micro-batches of 1 row == 1 batch of 4 rows (one SGD step)."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_dojo.config import DojoTrainingArguments
+    from llm_dojo.recipes.sft import ListDataset
+    from llm_dojo.recipes.trainer import DojoTrainer
+
+    samples = random_samples(12, 1000, seed=5, lo=10, hi=60)
+    rows = rows_as_records(build_packed_rows(samples, capacity=100))[:4]
+    assert len(rows) == 4 and len({sum(l != IGNORE_INDEX for l in r["labels"]) for r in rows}) > 1
+
+    def one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
+        args = DojoTrainingArguments(
+            output_dir=str(tmp_path / f"run{batch_size}"), per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
+            lr_scheduler_type="constant", train_sampling_strategy="sequential", use_cpu=True,
+            report_to="none", save_strategy="no", logging_steps=1, remove_unused_columns=False,
+        )
+        trainer = DojoTrainer(model=model, args=args, train_dataset=ListDataset(rows),
+                              data_collator=PackedCollator(0))
+        trainer.train()
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    together = one_step(batch_size=4, accumulation=1)
+    accumulated = one_step(batch_size=1, accumulation=4)
+    worst = max((together[k] - accumulated[k]).abs().max().item() for k in together)
+    assert worst < 1e-6, worst

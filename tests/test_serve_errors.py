@@ -1,0 +1,177 @@
+"""The HTTP layer of `dojo serve` with a scripted engine (no model): error shapes, auth, limits, SSE framing."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from llm_dojo.infer.serve import Finished, TextDelta, create_app, serve_in_background
+
+API_KEY = "sekrit"
+
+
+class ScriptedEngine:
+    """Answers every request with the same words; one "token" per character of the prompt."""
+
+    model_id = "scripted"
+    context_window = 64
+    queued = 0
+
+    def encode_chat(self, messages):
+        return list(range(sum(len(m["content"]) for m in messages)))
+
+    def encode_text(self, text):
+        return list(range(len(text)))
+
+    async def generate(self, prompt_ids, *, max_tokens, temperature, top_p):
+        words = ["Hello", " there", "!"][:max_tokens]
+        for word in words:
+            yield TextDelta(word)
+        yield Finished("stop" if len(words) == 3 else "length", len(prompt_ids), len(words) + (len(words) == 3))
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serve_in_background(create_app(ScriptedEngine(), api_key=API_KEY, max_body_bytes=1 << 20)) as base:
+        yield base
+
+
+def call(url: str, path: str, body=None, *, raw: bytes | None = None, key: str | None = API_KEY, method=None):
+    """(status, parsed JSON or text) for one request."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"))
+    request.add_header("Content-Type", "application/json")
+    if key is not None:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def chat_body(**overrides):
+    return {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], **overrides}
+
+
+def assert_openai_error(payload, status, expected_status):
+    assert status == expected_status, payload
+    assert set(payload) == {"error"}
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    assert payload["error"]["message"]
+
+
+BAD_REQUESTS = [
+    ("malformed json", "/v1/chat/completions", b'{"model": "scripted", "messages": [', 400),
+    ("not an object", "/v1/chat/completions", b"[1, 2]", 400),
+    ("missing messages", "/v1/chat/completions", {"model": "scripted"}, 400),
+    ("missing model", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, 400),
+    ("messages not a list", "/v1/chat/completions", chat_body(messages="hi"), 400),
+    ("empty messages", "/v1/chat/completions", chat_body(messages=[]), 400),
+    ("bad role", "/v1/chat/completions", chat_body(messages=[{"role": "wizard", "content": "hi"}]), 400),
+    ("content not text", "/v1/chat/completions", chat_body(messages=[{"role": "user", "content": 5}]), 400),
+    ("max_tokens not a number", "/v1/chat/completions", chat_body(max_tokens="lots"), 400),
+    ("max_tokens zero", "/v1/chat/completions", chat_body(max_tokens=0), 400),
+    ("temperature too high", "/v1/chat/completions", chat_body(temperature=7), 400),
+    ("n above one", "/v1/chat/completions", chat_body(n=3), 400),
+    ("stop sequences", "/v1/chat/completions", chat_body(stop=["\n"]), 400),
+    ("max_tokens beyond context", "/v1/chat/completions", chat_body(max_tokens=100_000), 400),
+    ("unknown model", "/v1/chat/completions", chat_body(model="gpt-9"), 404),
+    ("completion without prompt", "/v1/completions", {"model": "scripted"}, 400),
+    ("completion with two prompts", "/v1/completions", {"model": "scripted", "prompt": ["a", "b"]}, 400),
+    ("unknown route", "/v1/embeddings", {"model": "scripted", "input": "hi"}, 404),
+]
+
+
+@pytest.mark.parametrize("name, path, body, expected", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_request_gets_openai_error_and_server_keeps_serving(url, name, path, body, expected):
+    raw = body if isinstance(body, bytes) else None
+    status, payload = call(url, path, None if raw else body, raw=raw)
+    assert_openai_error(payload, status, expected)
+    assert call(url, "/health")[0] == 200
+
+
+def test_context_window_error_names_the_limit(url):
+    status, payload = call(url, "/v1/chat/completions", chat_body(max_tokens=100_000))
+    assert payload["error"]["code"] == "context_length_exceeded"
+    assert payload["error"]["param"] == "max_tokens"
+    assert "64" in payload["error"]["message"]
+
+
+def test_validation_error_names_the_field(url):
+    status, payload = call(url, "/v1/chat/completions", chat_body(max_tokens="lots"))
+    assert payload["error"]["param"] == "max_tokens"
+
+
+def test_body_over_limit_gets_413(url):
+    huge = chat_body(messages=[{"role": "user", "content": "x" * (1 << 20)}])
+    status, payload = call(url, "/v1/chat/completions", huge)
+    assert_openai_error(payload, status, 413)
+    assert call(url, "/health")[0] == 200
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_missing_or_wrong_api_key_gets_401(url, key):
+    status, payload = call(url, "/v1/models", key=key)
+    assert_openai_error(payload, status, 401)
+    assert payload["error"]["code"] == "invalid_api_key"
+
+
+def test_health_needs_no_key(url):
+    status, payload = call(url, "/health", key=None)
+    assert status == 200 and payload["status"] == "ok"
+
+
+def test_models_lists_the_served_model(url):
+    status, payload = call(url, "/v1/models")
+    assert status == 200
+    assert [model["id"] for model in payload["data"]] == ["scripted"]
+
+
+def test_non_streamed_chat_has_message_and_usage(url):
+    status, payload = call(url, "/v1/chat/completions", chat_body())
+    assert status == 200
+    assert payload["choices"][0]["message"] == {"role": "assistant", "content": "Hello there!"}
+    assert payload["choices"][0]["finish_reason"] == "stop"
+    assert payload["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+
+
+def test_streamed_chat_is_sse_ending_with_done(url):
+    body = chat_body(stream=True, max_tokens=2, stream_options={"include_usage": True})
+    status, text = call(url, "/v1/chat/completions", body)
+    assert status == 200
+    events = [line[len("data: "):] for line in text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hello"}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello there"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+
+
+def test_completions_returns_text_choice(url):
+    status, payload = call(url, "/v1/completions", {"model": "scripted", "prompt": "Once upon", "max_tokens": 1})
+    assert status == 200
+    assert payload["choices"][0]["text"] == "Hello"
+    assert payload["choices"][0]["finish_reason"] == "length"
+    assert payload["usage"]["prompt_tokens"] == len("Once upon")
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(capsys):
+    import importlib.util
+
+    from llm_dojo.infer import serve
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+
+    code = serve.main(["--model", "whatever", "--backend", "vllm"])
+    assert code == 2
+    assert "vllm" in capsys.readouterr().err
