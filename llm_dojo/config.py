@@ -33,7 +33,9 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with the model (off by default)"})
     attn_implementation: Optional[str] = field(
-        default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2 (flash needs a GPU and the flash-attn package)"}
+        default=None,
+        metadata={"help": "unset: transformers' choice (SDPA where the architecture supports it, else eager) | sdpa | "
+                          "eager | flash_attention_2 (GPU + flash-attn package)"},
     )
     model_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on a capable GPU, else fp32) | bf16 | fp16 | fp32"})
 
@@ -68,6 +70,9 @@ class DataArguments:
 
     train_data_path: Optional[str] = field(
         default=None, metadata={"help": "jsonl/json/parquet file, a folder of them, or several joined by commas"}
+    )
+    train_data_ratios: Optional[str] = field(
+        default=None, metadata={"help": "mix the comma-separated sources: one factor each, e.g. '1,0.5' (0.5 = half)"}
     )
     eval_data_path: Optional[str] = field(default=None, metadata={"help": "held-out data in the same formats"})
     template_name: str = field(

@@ -91,8 +91,8 @@ def test_batched_greedy_equals_one_by_one(model_and_tokenizer, tmp_path):
     model, tokenizer = model_and_tokenizer
     source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
     batched, single = tmp_path / "batched.jsonl", tmp_path / "single.jsonl"
-    generate.run(model, tokenizer, source, batched, batch_size=len(RECORDS), max_new_tokens=10)
-    generate.run(model, tokenizer, source, single, batch_size=1, max_new_tokens=10)
+    generate.run(model, tokenizer, source, batched, batch_size=len(RECORDS), max_new_tokens=8, system="Be brief.")
+    generate.run(model, tokenizer, source, single, batch_size=1, max_new_tokens=8, system="Be brief.")
     batched_rows, single_rows = read_jsonl(batched), read_jsonl(single)
     assert [row["answer"] for row in batched_rows] == [row["answer"] for row in single_rows]
     # input fields are kept, in input order, and the special end-of-turn token never leaks into the text

@@ -141,3 +141,22 @@ def test_forced_dataset_format_reports_the_missing_field(tmp_path):
     path = write_lines(tmp_path, [GOOD])
     with pytest.raises(DataError, match=rf"{path}:1: field 'messages' is missing"):
         load_conversations(str(path), dataset_format="messages")
+
+
+def test_mixing_sources_with_ratios_is_deterministic(tmp_path):
+    a = write_lines(tmp_path, [{"instruction": f"a{i}", "output": "x"} for i in range(10)], "a.jsonl")
+    b = write_lines(tmp_path, [{"instruction": f"b{i}", "output": "y"} for i in range(4)], "b.jsonl")
+    mixed, _ = load_conversations(f"{a},{b}", ratios="0.5,2.5", seed=1)
+    names = [c.messages[0]["content"] for c in mixed]
+    assert sum(n.startswith("a") for n in names) == 5 and sum(n.startswith("b") for n in names) == 10
+    again, _ = load_conversations(f"{a},{b}", ratios="0.5,2.5", seed=1)
+    assert [c.source for c in again] == [c.source for c in mixed]
+    with pytest.raises(DataError, match="one per train_data_path entry"):
+        load_conversations(f"{a},{b}", ratios="1")
+
+
+def test_an_unreachable_hub_dataset_name_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="no-such-org/no-such-dataset: not a local path, and loading it as a hub"):
+        load_conversations("no-such-org/no-such-dataset")

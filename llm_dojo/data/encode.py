@@ -85,6 +85,13 @@ def resolve_chat_format(tokenizer, template_name: str = "auto") -> ChatFormat:
         terminator = detect_terminator(tokenizer, own) or tokenizer.eos_token
         return ChatFormat("auto", own, terminator, _appends_terminator(tokenizer, own, terminator))
     spec = _registry_lookup(template_name)
+    terminator_ids = tokenizer(spec.terminator, add_special_tokens=False)["input_ids"]
+    if len(terminator_ids) != 1:
+        logger.warning(
+            "terminator %r of template '%s' is %d tokens in this tokenizer, not one special token: the model can "
+            "learn to stop, but generation must stop on a string. Is this the right template for this model?",
+            spec.terminator, template_name, len(terminator_ids),
+        )
     if own and own != spec.chat_template:
         logger.warning(
             "template_name '%s' differs from the tokenizer's own chat template: training text will not match what "

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -65,25 +67,79 @@ class LoadReport:
             self.first_errors.append(str(error))
 
 
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+
+
+def data_entries(path: str) -> list[str]:
+    """Split a data path into its comma-separated entries (each a file, a folder or a hub dataset name)."""
+    entries = [part.strip() for part in path.split(",") if part.strip()]
+    if not entries:
+        raise DataError(f"no data files in '{path}'")
+    return entries
+
+
+def entry_files(entry: str) -> list[Path]:
+    """The data files of one local entry (a file, or every data file under a folder)."""
+    candidate = Path(entry).expanduser()
+    if candidate.is_dir():
+        found = sorted(f for f in candidate.rglob("*") if f.suffix in DATA_SUFFIXES and f.is_file())
+        if not found:
+            raise DataError(f"{candidate}: folder has no {'/'.join(DATA_SUFFIXES)} files")
+        return found
+    if candidate.is_file():
+        if candidate.suffix not in DATA_SUFFIXES:
+            raise DataError(f"{candidate}: unsupported file type '{candidate.suffix}' (use .jsonl, .json or .parquet)")
+        return [candidate]
+    raise DataError(f"{candidate}: data file not found")
+
+
 def data_files(path: str) -> list[Path]:
     """Expand a data path (file, folder, or comma-separated list of either) into the files to read."""
-    files: list[Path] = []
-    for part in [p.strip() for p in path.split(",") if p.strip()]:
-        candidate = Path(part).expanduser()
-        if candidate.is_dir():
-            found = sorted(f for f in candidate.rglob("*") if f.suffix in DATA_SUFFIXES and f.is_file())
-            if not found:
-                raise DataError(f"{candidate}: folder has no {'/'.join(DATA_SUFFIXES)} files")
-            files.extend(found)
-        elif candidate.is_file():
-            if candidate.suffix not in DATA_SUFFIXES:
-                raise DataError(f"{candidate}: unsupported file type '{candidate.suffix}' (use .jsonl, .json or .parquet)")
-            files.append(candidate)
-        else:
-            raise DataError(f"{candidate}: data file not found")
-    if not files:
-        raise DataError(f"no data files in '{path}'")
-    return files
+    return [file for entry in data_entries(path) for file in entry_files(entry)]
+
+
+def iter_entry_records(entry: str) -> Iterator[tuple[str, Any]]:
+    """Records of one entry: local files, or a `datasets` hub dataset ('org/name' or 'org/name:split') when online."""
+    local = Path(entry).expanduser()
+    if not local.exists() and HUB_NAME.match(entry):
+        name, _, split = entry.partition(":")
+        try:
+            import datasets
+
+            rows = datasets.load_dataset(name, split=split or "train")
+        except Exception as err:  # noqa: BLE001 - any hub/network failure becomes one clear data error
+            raise DataError(f"{entry}: not a local path, and loading it as a hub dataset failed: {err}") from None
+        for index, row in enumerate(rows, start=1):
+            yield f"{entry}[row {index}]", row
+        return
+    for file in entry_files(entry):
+        yield from iter_raw_records(file)
+
+
+def parse_ratios(ratios: Optional[str], count: int) -> list[float]:
+    """`train_data_ratios` ('1,0.5'): one non-negative factor per data entry; None means all 1."""
+    if ratios in (None, ""):
+        return [1.0] * count
+    try:
+        values = [float(v) for v in str(ratios).split(",")]
+    except ValueError:
+        raise DataError(f"train_data_ratios '{ratios}': expected comma-separated numbers, e.g. 1,0.5") from None
+    if len(values) != count or any(v < 0 for v in values):
+        raise DataError(
+            f"train_data_ratios '{ratios}': need {count} non-negative number(s), one per train_data_path entry"
+        )
+    return values
+
+
+def apply_ratio(conversations: list[Conversation], ratio: float, seed: int) -> list[Conversation]:
+    """Down-sample (ratio < 1) or repeat (ratio > 1) one source, deterministically, to mix datasets."""
+    if ratio == 1.0 or not conversations:
+        return conversations
+    target = round(len(conversations) * ratio)
+    whole, rest = divmod(target, len(conversations))
+    shuffled = conversations[:]
+    random.Random(seed).shuffle(shuffled)
+    return conversations * whole + shuffled[:rest]
 
 
 def iter_raw_records(file: Path) -> Iterator[tuple[str, Any]]:
@@ -269,25 +325,32 @@ def load_conversations(
     dataset_format: str = "auto",
     skip_invalid: bool = False,
     max_samples: Optional[int] = None,
+    ratios: Optional[str] = None,
+    seed: int = 0,
 ) -> tuple[list[Conversation], LoadReport]:
     """Read every record of `path`, check it, and return the conversations with a report.
 
     With skip_invalid false (the default) the first bad record raises DataError; with it true, bad records are
-    skipped and counted. A data path with no usable record is always an error.
+    skipped and counted. `ratios` mixes several comma-separated sources (see `apply_ratio`). A data path with no
+    usable record is always an error.
     """
+    entries = data_entries(path)
+    factors = parse_ratios(ratios, len(entries))
     conversations: list[Conversation] = []
     report = LoadReport()
-    for file in data_files(path):
-        for where, record in iter_raw_records(file):
+    for entry, factor in zip(entries, factors):
+        from_entry: list[Conversation] = []
+        for where, record in iter_entry_records(entry):
             report.records += 1
             try:
-                conversations.append(to_conversation(record, where, dataset_format))
+                from_entry.append(to_conversation(record, where, dataset_format))
             except DataError as err:
                 if not skip_invalid:
                     raise
                 report.skip(err)
-            if max_samples is not None and len(conversations) >= max_samples:
-                break
+        conversations += apply_ratio(from_entry, factor, seed)
+    if max_samples is not None:
+        conversations = conversations[:max_samples]
     if report.skipped:
         logger.warning("skipped %d invalid record(s) of %d: %s", report.skipped, report.records, report.skipped_reasons)
     if not conversations:

@@ -8,8 +8,9 @@ template, and a generation_config.json whose eos_token_id lists the template's e
 
 QLoRA: the adapter learned to correct the *4-bit* weights, so it is merged into those weights de-quantised to
 `--dtype` (never re-quantised, never into the original full-precision weights, which differ from what training saw).
-A QLoRA adapter is recognised by `--from-qlora`, or by `load_in_4bit: true` in a training config saved next to the
-adapter (see QLORA_MARKER_FILES), or by a base model whose config.json says it is stored in 4-bit.
+A QLoRA adapter is recognised by `--from-qlora`, or by the training config `dojo train` saves next to the adapter
+(`dojo_config.yaml` with `train_mode: qlora`; `load_in_4bit: true` in a config file is accepted too), or by a base
+model whose config.json says it is stored in 4-bit.
 
 The folder is written next to `--output` under a temporary name and renamed at the end: a failed merge leaves no
 half-written folder behind.
@@ -35,10 +36,9 @@ from llm_dojo.models.loading import load_model, load_tokenizer, parse_dtype, rea
 
 logger = logging.getLogger(__name__)
 
-# Files in an adapter folder that may record how it was trained; any of them saying `load_in_4bit: true`
-# (at any depth) marks a QLoRA adapter.
-QLORA_MARKER_FILES = ("training_config.json", "training_config.yaml", "training_config.yml", "dojo_config.json",
-                      "dojo_config.yaml", "train_config.yaml")
+# Files in an adapter folder that may record how it was trained (`dojo train` writes dojo_config.yaml); any of them
+# saying `train_mode: qlora` or `load_in_4bit: true` (at any depth) marks a QLoRA adapter.
+QLORA_MARKER_FILES = ("dojo_config.yaml", "dojo_config.json", "training_config.json", "training_config.yaml")
 
 
 def _find_key(data: Any, key: str) -> list[Any]:
@@ -67,7 +67,12 @@ def qlora_evidence(adapter_dir: str, base: str) -> Optional[str]:
     """Why this adapter looks trained on a 4-bit base (a sentence for the log), or None if nothing says so."""
     for name in QLORA_MARKER_FILES:
         path = Path(adapter_dir) / name
-        if path.is_file() and any(value is True for value in _find_key(_read_config_file(path), "load_in_4bit")):
+        if not path.is_file():
+            continue
+        config = _read_config_file(path)
+        if "qlora" in _find_key(config, "train_mode"):
+            return f"{path} says train_mode: qlora"
+        if True in _find_key(config, "load_in_4bit"):
             return f"{path} says load_in_4bit: true"
     base_config = Path(resolve_model_path(base)) / "config.json"
     if base_config.is_file():

@@ -94,7 +94,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig):
         from llm_tricks.lora_plus import loraplus_param_groups
 
         groups = loraplus_param_groups(model, lr=args.learning_rate, loraplus_lr_ratio=ratio,
-                                       weight_decay=args.weight_decay)
+                                       loraplus_weight_decay=args.weight_decay)
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                  eps=args.adam_epsilon)
     from peft.optimizers import create_loraplus_optimizer

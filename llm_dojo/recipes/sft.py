@@ -53,7 +53,7 @@ def prepare_data(config: TrainConfig, tokenizer) -> tuple[list[EncodedSample], O
     logger.info("chat template: %s; trained terminator: %r", chat_format.name, chat_format.terminator)
 
     conversations, report = load_conversations(data.train_data_path, data.dataset_format, data.skip_invalid,
-                                               data.max_samples)
+                                               data.max_samples, data.train_data_ratios, config.training.seed)
     train_samples, stats = encode_dataset(conversations, tokenizer, chat_format, data.max_len, data.mask_history)
     logger.info("train data: %d records read, %d skipped; %s", report.records, report.skipped, stats.summary())
     eval_samples = None
@@ -77,8 +77,8 @@ def make_collator(config: TrainConfig, tokenizer):
     return PackedCollator(tokenizer.pad_token_id) if config.data.packing else PaddedCollator(tokenizer.pad_token_id)
 
 
-def train(config: TrainConfig) -> dict:
-    """Run one fine-tuning job and return a summary (losses, timings, output folder)."""
+def train(config: TrainConfig, return_model: bool = False):
+    """Run one fine-tuning job and return a summary (losses, timings); with return_model, (summary, model)."""
     from transformers import set_seed
 
     from llm_dojo.recipes.trainer import DojoTrainer
@@ -108,6 +108,15 @@ def train(config: TrainConfig) -> dict:
     trainable, total = count_parameters(model)
     logger.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
+    neftune = None
+    if config.adapter.trick_impl == "dojo" and args.neftune_noise_alpha:
+        # Our NEFTune scales the noise by each sample's own length, also inside packed rows; the library's
+        # version (used with trick_impl: peft) scales by the row length. Only one of them may run.
+        from llm_tricks.neftune import attach_neftune
+
+        neftune = attach_neftune(model, args.neftune_noise_alpha)
+        args.neftune_noise_alpha = None
+
     train_dataset = make_dataset(train_samples, config, args.seed)
     eval_dataset = make_dataset(eval_samples, config, args.seed) if eval_samples else None
     trainer = DojoTrainer(
@@ -122,6 +131,8 @@ def train(config: TrainConfig) -> dict:
     started = time.time()
     result = trainer.train()
     seconds = time.time() - started
+    if neftune is not None:
+        neftune.remove()
     real_tokens = sum(len(s.input_ids) for s in train_samples) * args.num_train_epochs
     summary = {
         "train_loss": result.training_loss,
@@ -133,7 +144,7 @@ def train(config: TrainConfig) -> dict:
     if eval_dataset is not None:
         summary["eval_loss"] = heldout_loss(model, eval_dataset, make_collator(config, tokenizer))
     save_outputs(trainer.model, tokenizer, chat_format, config, summary)
-    return summary
+    return (summary, trainer.model) if return_model else summary
 
 
 @torch.no_grad()

@@ -1,0 +1,379 @@
+"""`dojo bench`: training throughput of three stacks on the same model, data, LoRA and seed, one subprocess each.
+
+    dojo bench [--steps N] [--samples N] [--runs hf_padded,trl,dojo] [--output FILE.json]
+
+- hf_padded: plain `transformers.Trainer` + PEFT; each batch of 8 padded to its longest sample
+  (`DataCollatorForSeq2Seq`), labels from our encoder, the model's own full-logits loss.
+- trl: TRL `SFTTrainer` with packing (its default "bfd" strategy, padding-free), batch 8, conversational
+  `messages` data, assistant-only loss.
+- dojo: our `train()` — best-fit-decreasing packed rows of ≤1,024 tokens, one row per forward pass and two
+  per optimizer step (≈ the tokens of 8 samples), loss only at trained positions.
+
+Every run uses LoRA r=16 on all linear layers, alpha 32, dropout 0.05, fp32, SDPA and gradient checkpointing.
+Each run reports real (non-pad) tokens/s over its training loop, the share of fed tokens that are padding,
+its process's peak resident memory, the mean training loss, and the held-out loss of its saved adapter over the
+whole held-out split (same samples, same function for all three). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+RUNS = ("hf_padded", "trl", "dojo")
+RESULT_KEYS = ("tokens_per_s", "pad_fraction", "peak_rss_mb", "train_loss", "eval_loss")
+
+# SmolLM2's official template with TRL's `{% generation %}` markers around each assistant answer and its
+# <|im_end|>: TRL cannot patch this template itself ("patching is not supported for this template"), and its
+# assistant-only loss needs the markers. `_check_same_rendering` proves it renders exactly the official text.
+SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass
+class BenchSettings:
+    """Everything a run needs; identical for the three runs except where a field names one run."""
+
+    model: str = "smollm2-135m-instruct"
+    samples: int = 360  # training records (one epoch over them unless `steps` is set)
+    eval_samples: int = 40  # held-out records, evaluated in full
+    steps: int = 0  # optimizer steps per run; 0 = one epoch
+    seed: int = 0
+    learning_rate: float = 2e-4
+    batch_size: int = 8  # hf_padded samples per step; trl packed sequences per step
+    max_len: int = 1024  # truncation length for every run, and TRL's packed-sequence length
+    dojo_row_len: int = 1024  # dojo's packed row capacity (also its max_len: no sample may exceed it)
+    dojo_rows_per_step: int = 1  # rows per forward pass (1: nothing is padded)
+    dojo_grad_accum: int = 2  # rows per optimizer step: ≈2,000 tokens per update, like 8 samples of hf_padded
+    lora_rank: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    workdir: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+def write_data(settings: BenchSettings) -> tuple[Path, Path]:
+    """Generate the train/held-out jsonl files into the work folder (deterministic from the seed)."""
+    from llm_dojo.bench_data import make_records, write_jsonl
+
+    folder = Path(settings.workdir)
+    train = write_jsonl(make_records(settings.samples, seed=settings.seed), folder / "train.jsonl")
+    heldout = write_jsonl(make_records(settings.eval_samples, seed=settings.seed + 1), folder / "heldout.jsonl")
+    return train, heldout
+
+
+def encode_file(path: Path, tokenizer, max_len: int):
+    """Our encoder: one official rendering → input_ids and labels (-100 outside answers + terminators)."""
+    from llm_dojo.data.encode import encode_dataset, resolve_chat_format
+    from llm_dojo.data.records import load_conversations
+
+    conversations, _ = load_conversations(str(path), "messages")
+    samples, _ = encode_dataset(conversations, tokenizer, resolve_chat_format(tokenizer), max_len)
+    return samples
+
+
+# ------------------------------------------------------------------------------------------- shared pieces
+
+
+def lora_config(model, settings: BenchSettings):
+    """The same PEFT LoRA for every run: all linear layers but the head."""
+    from peft import LoraConfig
+
+    from llm_dojo.models.loading import find_linear_targets
+
+    return LoraConfig(task_type="CAUSAL_LM", r=settings.lora_rank, lora_alpha=settings.lora_alpha,
+                      lora_dropout=settings.lora_dropout, target_modules=find_linear_targets(model))
+
+
+def load_base(settings: BenchSettings):
+    import torch
+
+    from llm_dojo.models.loading import load_model
+
+    model = load_model(settings.model, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    return model
+
+
+def common_training_args(settings: BenchSettings, output_dir: Path) -> dict:
+    """TrainingArguments fields shared by all three runs."""
+    args = dict(output_dir=str(output_dir), learning_rate=settings.learning_rate, seed=settings.seed,
+                gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
+                logging_steps=1, save_strategy="no", report_to="none", lr_scheduler_type="linear",
+                warmup_steps=0, weight_decay=0.0, disable_tqdm=True)
+    if settings.steps > 0:
+        args["max_steps"] = settings.steps
+    else:
+        args["num_train_epochs"] = 1
+    return args
+
+
+class CountingCollator:
+    """Wrap a collator and count the tokens it feeds: all of them, and the real (attention_mask == 1) ones."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.fed = 0
+        self.real = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        self.fed += batch["input_ids"].numel()
+        mask = batch.get("attention_mask")
+        self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return batch
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def heldout_eval(settings: BenchSettings, adapter_dir: Path, heldout_path: Path) -> float:
+    """Held-out loss of a saved adapter: base model + adapter, every held-out sample, `sft.heldout_loss`."""
+    from peft import PeftModel
+
+    from llm_dojo.data.batching import PaddedCollator, samples_as_records
+    from llm_dojo.models.loading import load_tokenizer
+    from llm_dojo.recipes.sft import ListDataset, heldout_loss
+
+    tokenizer = load_tokenizer(settings.model)
+    # Sorted by length so the padded eval batches waste little; the summed loss does not depend on the order.
+    samples = sorted(encode_file(heldout_path, tokenizer, settings.max_len), key=lambda s: len(s.input_ids))
+    model = PeftModel.from_pretrained(load_base(settings), str(adapter_dir))
+    return heldout_loss(model, ListDataset(samples_as_records(samples)), PaddedCollator(tokenizer.pad_token_id))
+
+
+# ------------------------------------------------------------------------------------------------ the runs
+
+
+def run_hf_padded(settings: BenchSettings, train_path: Path, out: Path) -> dict:
+    """transformers.Trainer + PEFT, batches of 8 padded to their longest; the model computes its own loss."""
+    from peft import get_peft_model
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from llm_dojo.data.batching import samples_as_records
+    from llm_dojo.models.loading import load_tokenizer
+    from llm_dojo.recipes.sft import ListDataset
+
+    tokenizer = load_tokenizer(settings.model)
+    samples = encode_file(train_path, tokenizer, settings.max_len)
+    model = load_base(settings)
+    model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config(model, settings))
+    collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+    args = TrainingArguments(per_device_train_batch_size=settings.batch_size, remove_unused_columns=False,
+                             **common_training_args(settings, out))
+    trainer = Trainer(model=model, args=args, train_dataset=ListDataset(samples_as_records(samples)),
+                      data_collator=collator, processing_class=tokenizer)
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    model.save_pretrained(out / "adapter")
+    return dict(train_seconds=seconds, real_tokens=collator.real, fed_tokens=collator.fed, peak_rss_mb=rss,
+                train_loss=result.training_loss, optimizer_steps=result.global_step)
+
+
+def run_trl(settings: BenchSettings, train_path: Path, out: Path) -> dict:
+    """TRL SFTTrainer: packing (default bfd strategy → padding-free), batch 8, assistant-only loss."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from llm_dojo.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(settings.model)
+    records = [json.loads(line) for line in train_path.read_text(encoding="utf-8").splitlines()]
+    _check_same_rendering(tokenizer, records)
+    tokenizer.chat_template = SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS
+    model = load_base(settings)
+    args = SFTConfig(packing=True, max_length=settings.max_len, per_device_train_batch_size=settings.batch_size,
+                     assistant_only_loss=True, bf16=False,  # fp32 like the others (TRL defaults to bf16)
+                      **common_training_args(settings, out))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
+                         processing_class=tokenizer, peft_config=lora_config(model, settings))
+    trainer.data_collator = collator = CountingCollator(trainer.data_collator)
+    started = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - started
+    rss = peak_rss_mb()
+    trainer.model.save_pretrained(out / "adapter")
+    return dict(train_seconds=seconds, real_tokens=collator.real, fed_tokens=collator.fed, peak_rss_mb=rss,
+                train_loss=result.training_loss, optimizer_steps=result.global_step)
+
+
+def _check_same_rendering(tokenizer, records: list[dict]) -> None:
+    """The marked template must render every benchmark conversation exactly like the official one."""
+    if "<|im_start|>" not in (tokenizer.chat_template or ""):
+        raise ValueError("the trl run's assistant-only loss template is written for SmolLM2's ChatML template")
+    for record in records:
+        official = tokenizer.apply_chat_template(record["messages"], tokenize=False)
+        marked = tokenizer.apply_chat_template(record["messages"], tokenize=False,
+                                               chat_template=SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS)
+        if marked != official:
+            raise ValueError("the generation-marked template renders differently from the official one")
+
+
+def run_dojo(settings: BenchSettings, train_path: Path, out: Path) -> dict:
+    """Our `train()`: packed rows of `dojo_row_len` tokens, `dojo_rows_per_step` per forward, accumulated."""
+    from llm_dojo.config import load_config
+    from llm_dojo.models.loading import load_tokenizer
+    from llm_dojo.recipes.sft import train
+
+    common = common_training_args(settings, out)
+    overrides = {
+        "model_name_or_path": settings.model, "train_data_path": str(train_path), "model_dtype": "fp32",
+        "attn_implementation": "sdpa", "lora_rank": settings.lora_rank, "lora_alpha": settings.lora_alpha,
+        "lora_dropout": settings.lora_dropout, "lora_target_modules": "all-linear", "packing": True,
+        "max_len": settings.dojo_row_len, "per_device_train_batch_size": settings.dojo_rows_per_step,
+        "gradient_accumulation_steps": settings.dojo_grad_accum,
+        "include_num_input_tokens_seen": True,
+        **{k: v for k, v in common.items() if k != "gradient_checkpointing_kwargs"},  # train() sets the same kwargs
+    }
+    # Strings are quoted: the override parser reads YAML, where a bare `no` would become False.
+    config = load_config(None, [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in overrides.items()])
+    summary = train(config)
+    rss = peak_rss_mb()
+    fed = max(e.get("num_input_tokens_seen", 0) for e in summary["log_history"])
+    if settings.dojo_rows_per_step == 1:
+        real = fed  # one packed row per step: nothing is padded
+    else:  # several rows per step are padded to the longest; only a whole epoch tells the real count exactly
+        if settings.steps > 0:
+            raise ValueError("dojo_rows_per_step > 1 needs a full epoch (steps=0) to count real tokens exactly")
+        real = sum(len(s.input_ids) for s in encode_file(train_path, load_tokenizer(settings.model),
+                                                          settings.dojo_row_len))
+    steps = max((e.get("step", 0) for e in summary["log_history"]), default=0)
+    return dict(train_seconds=summary["train_seconds"], real_tokens=real, fed_tokens=fed, peak_rss_mb=rss,
+                train_loss=summary["train_loss"], optimizer_steps=steps, adapter=str(out))
+
+
+RUNNERS = {"hf_padded": run_hf_padded, "trl": run_trl, "dojo": run_dojo}
+
+
+def worker(run: str, settings: BenchSettings, result_path: Path) -> None:
+    """Inside the subprocess: train one stack, evaluate its saved adapter, write the result JSON."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    folder = Path(settings.workdir)
+    out = folder / run
+    result = RUNNERS[run](settings, folder / "train.jsonl", out)
+    adapter_dir = Path(result.pop("adapter", out / "adapter"))
+    result["eval_loss"] = heldout_eval(settings, adapter_dir, folder / "heldout.jsonl")
+    fed, real = result["fed_tokens"], result["real_tokens"]
+    result["tokens_per_s"] = real / result["train_seconds"]
+    result["pad_fraction"] = (fed - real) / fed if fed else 0.0
+    result = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()}
+    result_path.write_text(json.dumps(result))
+
+
+# ----------------------------------------------------------------------------------------------- the parent
+
+
+def run_in_subprocess(run: str, settings: BenchSettings) -> dict:
+    """Start a fresh Python for one run (so its peak memory is its own) and read back its result."""
+    result_path = Path(settings.workdir) / f"{run}.result.json"
+    command = [sys.executable, "-m", "llm_dojo.bench", "--worker", run, "--settings", json.dumps(asdict(settings)),
+               "--result", str(result_path)]
+    started = time.perf_counter()
+    # The child's stdout goes to our stderr: our stdout ends with exactly one JSON line.
+    completed = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+    if completed.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(f"bench run '{run}' failed with exit code {completed.returncode} (see the log above)")
+    result = json.loads(result_path.read_text())
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def format_table(results: dict) -> str:
+    header = f"{'run':<10} {'tok/s':>8} {'pad':>6} {'peak MB':>9} {'train loss':>11} {'eval loss':>10} {'steps':>6}"
+    lines = [header]
+    for run, r in results.items():
+        lines.append(f"{run:<10} {r['tokens_per_s']:>8.1f} {r['pad_fraction']:>6.1%} {r['peak_rss_mb']:>9.0f} "
+                     f"{r['train_loss']:>11.4f} {r['eval_loss']:>10.4f} {r['optimizer_steps']:>6}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dojo bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = BenchSettings()
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of hf_padded,trl,dojo")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default 0: one epoch)")
+    parser.add_argument("--samples", type=int, default=defaults.samples, help="training records")
+    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="held-out records")
+    parser.add_argument("--model", default=defaults.model, help="model (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-len", type=int, default=defaults.max_len,
+                        help="truncation length of every run, TRL's packed length and dojo's row length")
+    parser.add_argument("--dojo-row-len", type=int, help="dojo's packed row length (default: --max-len; "
+                        "shorter rows truncate the samples that do not fit)")
+    parser.add_argument("--dojo-rows-per-step", type=int, default=defaults.dojo_rows_per_step)
+    parser.add_argument("--dojo-grad-accum", type=int, default=defaults.dojo_grad_accum,
+                        help="dojo rows per optimizer step (accumulated one forward at a time)")
+    parser.add_argument("--output", help="also write the results JSON to this file")
+    parser.add_argument("--workdir", help="keep data, adapters and logs here (default: a temporary folder)")
+    parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`dojo bench`: run the chosen stacks one after another; the last stdout line is the results JSON."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.worker:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        worker(args.worker, BenchSettings(**json.loads(args.settings)), Path(args.result))
+        return 0
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown or not runs:
+        print(f"dojo bench: error: unknown run(s) {unknown}; choose from {', '.join(RUNS)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="dojo-bench-") as scratch:
+        settings = BenchSettings(model=args.model, samples=args.samples, eval_samples=args.eval_samples,
+                                 steps=args.steps, seed=args.seed, learning_rate=args.learning_rate,
+                                 max_len=args.max_len, dojo_row_len=args.dojo_row_len or args.max_len,
+                                 dojo_rows_per_step=args.dojo_rows_per_step, dojo_grad_accum=args.dojo_grad_accum,
+                                 workdir=str(Path(args.workdir or scratch).resolve()))
+        Path(settings.workdir).mkdir(parents=True, exist_ok=True)
+        write_data(settings)
+        results = {}
+        for run in runs:
+            logger.info("bench: running %s", run)
+            results[run] = run_in_subprocess(run, settings)
+    print(format_table(results), file=sys.stderr)
+    line = json.dumps(results)
+    if args.output:
+        Path(args.output).write_text(json.dumps({"settings": asdict(settings), "results": results}, indent=2) + "\n")
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""`dojo inspect CONFIG [key=value ...]`: look at what the model will be trained on, before training it.
+
+Shows N encoded samples exactly as rendered by the chat template, with the trained tokens highlighted
+(green in a terminal; [[…]] brackets without colour), and dataset statistics. `--json` prints token ids,
+token texts and labels for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from llm_dojo.config import ConfigError, load_config
+from llm_dojo.data.encode import (IGNORE_INDEX, EncodedSample, encode_dataset, render_for_training,
+                                  resolve_chat_format)
+from llm_dojo.data.records import DataError, load_conversations
+from llm_dojo.models.loading import load_tokenizer
+
+TRAINED_ON = "\033[30;42m"  # black on green
+MASKED_ON = "\033[2m"  # dim
+RESET = "\033[0m"
+
+
+def highlight(text: str, offsets: list[tuple[int, int]], labels: list[int], color: bool) -> str:
+    """The rendered text with trained tokens marked (colour, or [[…]] when colour is off)."""
+    pieces, cursor, in_trained = [], 0, False
+    open_mark, close_mark = (TRAINED_ON, RESET + MASKED_ON) if color else ("[[", "]]")
+    pieces.append(MASKED_ON if color else "")
+    for (start, end), label in zip(offsets, labels):
+        trained = label != IGNORE_INDEX
+        if trained != in_trained:
+            pieces.append(text[cursor:start])
+            cursor = start
+            pieces.append(open_mark if trained else close_mark)
+            in_trained = trained
+        pieces.append(text[cursor:end])
+        cursor = end
+    if in_trained:
+        pieces.append(close_mark)
+    pieces.append(RESET if color else "")
+    return "".join(pieces)
+
+
+def sample_json(tokenizer, sample: EncodedSample) -> dict:
+    return {
+        "source": sample.source,
+        "input_ids": sample.input_ids,
+        "tokens": tokenizer.convert_ids_to_tokens(sample.input_ids),
+        "labels": sample.labels,
+        "trained_text": tokenizer.decode([t for t, l in zip(sample.input_ids, sample.labels) if l != IGNORE_INDEX]),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dojo inspect", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="training config YAML (the same file `dojo train` takes)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, as for dojo train")
+    parser.add_argument("-n", "--num-samples", type=int, default=3, help="how many samples to show (default 3)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output: ids, tokens, labels, stats")
+    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                        help="highlight trained tokens in colour (auto: when stdout is a terminal)")
+    args = parser.parse_args(argv)
+    config_path = args.config if args.config and "=" not in args.config else None
+    overrides = ([args.config] if args.config and not config_path else []) + args.overrides
+    try:
+        config = load_config(config_path, overrides)
+        data = config.data
+        tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
+        chat_format = resolve_chat_format(tokenizer, data.template_name)
+        conversations, report = load_conversations(data.train_data_path, data.dataset_format, data.skip_invalid,
+                                                   data.max_samples, data.train_data_ratios, config.training.seed)
+        samples, stats = encode_dataset(conversations, tokenizer, chat_format, data.max_len, data.mask_history)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"dojo inspect: error: {err}", file=sys.stderr)
+        return 2
+
+    statistics = {
+        "records": report.records, "skipped_invalid": report.skipped, "samples": stats.samples,
+        "tokens": stats.tokens, "trained_tokens": stats.trained_tokens,
+        "trained_fraction": round(stats.trained_tokens / max(1, stats.tokens), 4),
+        "length_p10": stats.percentile(10), "length_p50": stats.percentile(50), "length_p90": stats.percentile(90),
+        "length_max": max(stats.lengths, default=0), "truncated": stats.truncated,
+        "dropped_no_label": stats.dropped_no_label, "template": chat_format.name,
+        "terminator": chat_format.terminator,
+    }
+    shown = samples[: max(0, args.num_samples)]
+    if args.json:
+        print(json.dumps({"stats": statistics, "samples": [sample_json(tokenizer, s) for s in shown]},
+                         ensure_ascii=False))
+        return 0
+
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    by_source = {c.source: c for c in conversations}
+    for sample in shown:
+        text = render_for_training(by_source[sample.source].messages, tokenizer, chat_format)
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        print(f"── {sample.source} · {len(sample.input_ids)} tokens, {sample.num_trained} trained "
+              f"{'(truncated)' if sample.truncated else ''}")
+        print(highlight(text, offsets[: len(sample.labels)], sample.labels, color))
+        print()
+    legend = f"{TRAINED_ON}trained{RESET}" if color else "[[trained]]"
+    print(f"legend: {legend}, everything else masked (-100)")
+    print(f"template: {chat_format.name}, terminator {chat_format.terminator!r}")
+    print(f"records: {report.records} read, {report.skipped} skipped as invalid")
+    print(f"samples: {stats.summary()}")
+    print(f"length percentiles: p10 {statistics['length_p10']}, p50 {statistics['length_p50']}, "
+          f"p90 {statistics['length_p90']}, max {statistics['length_max']}")
+    return 0

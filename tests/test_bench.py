@@ -1,0 +1,75 @@
+"""`dojo bench`: the generated data is deterministic and skewed as documented; a tiny bench prints its JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_dojo.bench import RESULT_KEYS, RUNS, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS
+from llm_dojo.bench_data import make_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def token_lengths(records, tokenizer) -> list[int]:
+    return sorted(len(tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False),
+                                add_special_tokens=False)["input_ids"]) for r in records)
+
+
+def test_generator_is_deterministic_and_seed_dependent():
+    assert make_records(50, seed=0) == make_records(50, seed=0)
+    assert make_records(50, seed=0) != make_records(50, seed=1)
+
+
+def test_generator_mixes_single_and_multi_turn_english_chats():
+    records = make_records(360, seed=0)
+    turns = [sum(m["role"] == "assistant" for m in r["messages"]) for r in records]
+    assert 0.1 < sum(t > 1 for t in turns) / len(turns) < 0.5
+    assert all(r["messages"][-1]["role"] == "assistant" for r in records)
+    assert any(r["messages"][0]["role"] == "system" for r in records)
+
+
+@pytest.mark.slow
+def test_generated_lengths_have_the_documented_spread(smol_tokenizer):
+    lengths = token_lengths(make_records(360, seed=0), smol_tokenizer)
+
+    def percentile(q: int) -> int:
+        return lengths[round(q / 100 * (len(lengths) - 1))]
+
+    assert 57 <= percentile(10) <= 77  # documented ≈ 67
+    assert 100 <= percentile(50) <= 125  # ≈ 111
+    assert 440 <= percentile(90) <= 540  # ≈ 492
+    assert 960 <= lengths[-1] <= 1024  # ≈ 1014, and no sample is truncated at max_len 1024
+
+
+@pytest.mark.slow
+def test_trl_marked_template_renders_exactly_the_official_text(smol_tokenizer):
+    for record in make_records(40, seed=3):
+        official = smol_tokenizer.apply_chat_template(record["messages"], tokenize=False)
+        marked = smol_tokenizer.apply_chat_template(record["messages"], tokenize=False,
+                                                    chat_template=SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS)
+        assert marked == official
+
+
+@pytest.mark.slow
+def test_tiny_bench_prints_one_json_line_with_every_key_for_every_run(tiny_model_dir, tmp_path):
+    output = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "llm_dojo.bench", "--model", tiny_model_dir("llama"), "--steps", "1",
+               "--samples", "8", "--eval-samples", "4", "--max-len", "128", "--output", str(output)]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert list(results) == list(RUNS)
+    for run in RUNS:
+        for key in RESULT_KEYS:
+            assert isinstance(results[run][key], (int, float)), (run, key)
+        assert results[run]["optimizer_steps"] == 1
+    assert results["dojo"]["pad_fraction"] == 0
+    assert results["hf_padded"]["pad_fraction"] > 0
+    # The same 8 samples, whole: the padded and the packed runs feed the same real tokens.
+    assert results["hf_padded"]["real_tokens"] == results["trl"]["real_tokens"]
+    assert json.loads(output.read_text())["results"] == results
