@@ -7,8 +7,8 @@ SmolLM2 tokens, chat template included) is drawn from a fixed quantile curve,
     p0 ≈ 40, p10 ≈ 67, p50 ≈ 111, p90 ≈ 492, p100 ≈ 1014,
 
 interpolated log-linearly (targets capped at 1,000 so no sample outgrows a 1,024-token row), and the text is
-written to that length from small topic word banks. About a third
-of the records are multi-turn (2–3 exchanges), some carry their own system prompt. Nothing is downloaded and
+written to that length from small topic word banks. About a quarter of the records are multi-turn
+(2–3 exchanges), some carry their own system prompt. Nothing is downloaded and
 nothing is committed: `make_records(n, seed)` returns the same records on every machine.
 """
 

@@ -34,7 +34,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_record_shapes_become_user_messages():
     assert record_to_messages({"prompt": "hi"}) == [{"role": "user", "content": "hi"}]
-    assert record_to_messages({"instruction": "Sum:", "input": "1 2"}) == [{"role": "user", "content": "Sum:\n\n1 2"}]
+    assert record_to_messages({"instruction": "Sum:", "input": "1 2"}) == [{"role": "user", "content": "Sum:\n1 2"}]
     assert record_to_messages({"instruction": "Hi", "input": ""}) == [{"role": "user", "content": "Hi"}]
     messages = [{"role": "user", "content": "hi"}]
     assert record_to_messages({"messages": messages}) == messages

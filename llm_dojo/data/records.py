@@ -208,6 +208,11 @@ def _text(value: Any, where: str, name: str, allow_empty: bool = False) -> str:
     return value
 
 
+def alpaca_user_text(instruction: str, extra_input: str) -> str:
+    """The user turn of an alpaca record: the instruction, then the input on the next line when there is one."""
+    return f"{instruction}\n{extra_input}" if extra_input.strip() else instruction
+
+
 def alpaca_to_messages(record: dict, where: str) -> list[dict]:
     """{"instruction", "input"?, "output", "system"?, "history"?} → messages."""
     if "instruction" not in record:
@@ -229,8 +234,7 @@ def alpaca_to_messages(record: dict, where: str) -> list[dict]:
             raise DataError(f"{where}: field '{name}' must be a [user, assistant] pair")
         messages.append({"role": "user", "content": _text(pair[0], where, f"{name}[0]")})
         messages.append({"role": "assistant", "content": _text(pair[1], where, f"{name}[1]")})
-    user_text = f"{instruction}\n{extra_input}" if extra_input.strip() else instruction
-    messages.append({"role": "user", "content": user_text})
+    messages.append({"role": "user", "content": alpaca_user_text(instruction, extra_input)})
     messages.append({"role": "assistant", "content": output})
     return messages
 

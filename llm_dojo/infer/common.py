@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from llm_dojo.data.records import alpaca_user_text
+
 logger = logging.getLogger(__name__)
 
 # End-of-turn markers of the common chat template families. A marker counts only if the template actually prints it
@@ -93,8 +95,8 @@ def record_to_messages(record: Any, where: str = "input") -> list[Message]:
             extra = ""
         if not isinstance(extra, str):
             raise ValueError(f"{where}, field 'input': expected a string, got {type(extra).__name__}")
-        # Same joining as the alpaca loader: instruction, blank line, input.
-        content = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        # The same joining as in training, so a prompt looks exactly like the training data.
+        content = alpaca_user_text(instruction, extra)
         return [{"role": "user", "content": content}]
     raise ValueError(f"{where}: no 'prompt', 'instruction' or 'messages' field (fields present: {sorted(record)})")
 
