@@ -13,6 +13,8 @@ import time
 import torch
 
 from llm_dojo.config import load_config
+from llm_dojo.infer.common import encode_chat, generation_config, pad_token_id, stop_token_ids
+from llm_dojo.infer.generate import generate_batch
 from llm_dojo.models.loading import load_for_inference
 from llm_dojo.recipes.sft import train
 
@@ -27,23 +29,19 @@ QUESTIONS = [
 ]
 
 
-@torch.no_grad()
-def greedy_answer(model, tokenizer, question: str, max_new_tokens: int = 48) -> str:
-    """One greedy answer with the model's chat template, stopped at its end-of-turn token."""
-    input_ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )["input_ids"]
-    output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers with the chat template, stopped at its end-of-turn token (the `dojo generate` path)."""
+    stop_ids = stop_token_ids(tokenizer, model)
+    config = generation_config(stop_ids, pad_token_id(tokenizer), max_new_tokens=max_new_tokens)
+    prompts = [encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    return [answer.strip() for answer in generate_batch(model, tokenizer, prompts, config, stop_ids)]
 
 
 def show_answers(title: str, model_name: str, adapter: str | None = None) -> None:
     model, tokenizer = load_for_inference(model_name, adapter, dtype=torch.float32)
     print(f"\n=== {title} ===", flush=True)
-    for question in QUESTIONS:
-        print(f"Q: {question}\nA: {greedy_answer(model, tokenizer, question)}\n", flush=True)
+    for question, answer in zip(QUESTIONS, greedy_answers(model, tokenizer, QUESTIONS)):
+        print(f"Q: {question}\nA: {answer}\n", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,3 +140,36 @@ def test_tokenizer_without_template_and_auto_gives_a_clear_error(smol_tokenizer)
     with pytest.raises(DataError, match="template_name"):
         resolve_chat_format(bare, "auto")
     assert resolve_chat_format(bare, "smollm2").terminator == "<|im_end|>"
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}}}}}]
+TOOL_RECORD = {
+    "tools": TOOLS,
+    "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [{"type": "function",
+                                              "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18 C, sunny"},
+        {"role": "assistant", "content": "It is 18 C and sunny in Paris."},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "qwen3", "llama3.1"])
+def test_tool_call_turns_are_trained_as_the_template_renders_them(name, smol_tokenizer):
+    from llm_dojo.data.records import to_conversation
+
+    spec = get_template(name)
+    tokenizer = family_tokenizer(smol_tokenizer, spec)
+    conversation = to_conversation(TOOL_RECORD, "tools.jsonl:1")
+    chat_format = resolve_chat_format(tokenizer, name)
+    sample = encode_conversation(conversation.messages, tokenizer, chat_format, 4096, tools=conversation.tools)
+    runs = trained_runs(tokenizer, sample)
+    rendered = tokenizer.apply_chat_template(conversation.messages, tokenize=False, tools=TOOLS)
+    assert len(runs) == 2, runs
+    assert "get_weather" in runs[0] and "Paris" in runs[0] and runs[0].endswith(spec.terminator)
+    assert runs[0].strip() in rendered  # the call exactly as the official template writes it
+    assert "18 C, sunny" not in "".join(runs)  # the tool's result is input, never trained
+    assert runs[1].strip() == "It is 18 C and sunny in Paris." + spec.terminator

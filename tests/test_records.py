@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -160,3 +161,16 @@ def test_an_unreachable_hub_dataset_name_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="no-such-org/no-such-dataset: not a local path, and loading it as a hub"):
         load_conversations("no-such-org/no-such-dataset")
+
+
+@pytest.mark.parametrize("calls,expected", [
+    ([], "'messages[1].tool_calls' must be a non-empty list"),
+    ([{"function": {"arguments": {}}}], "'messages[1].tool_calls[0].function.name'"),
+    ([{"function": {"name": "f", "arguments": "{bad"}}], "'messages[1].tool_calls[0].function.arguments' is not valid JSON"),
+])
+def test_malformed_tool_calls_name_the_field(tmp_path, calls, expected):
+    record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": calls},
+                           {"role": "tool", "content": "x"}, {"role": "assistant", "content": "ok"}]}
+    path = write_lines(tmp_path, [record])
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: field {expected}")):
+        load_conversations(str(path))

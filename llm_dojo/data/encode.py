@@ -111,9 +111,10 @@ def _appends_terminator(tokenizer, chat_template: str, terminator: Optional[str]
     return terminator not in text[text.index(PROBE_TEXT):]
 
 
-def render_for_training(messages: list[dict], tokenizer, chat_format: ChatFormat) -> str:
+def render_for_training(messages: list[dict], tokenizer, chat_format: ChatFormat, tools: Optional[list] = None) -> str:
     """The exact training text: the official rendering (plus the terminator for templates that omit it)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_format.chat_template)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_format.chat_template,
+                                         tools=tools)
     if chat_format.append_terminator_at_end:
         text += chat_format.terminator
     return text
@@ -127,12 +128,18 @@ def _answer_candidates(content: str) -> list[str]:
     return [c for i, c in enumerate(candidates) if c and c not in candidates[:i]]
 
 
-def assistant_char_spans(text: str, messages: list[dict], chat_format: ChatFormat) -> list[tuple[int, int]]:
+def assistant_char_spans(text: str, messages: list[dict], chat_format: ChatFormat, tokenizer=None,
+                         tools: Optional[list] = None) -> list[tuple[int, int]]:
     """Character spans [start, end) of every assistant answer plus its terminator, in rendering order."""
     spans: list[tuple[int, int]] = []
     cursor = 0
     terminator = chat_format.terminator or ""
-    for message in messages:
+    for index, message in enumerate(messages):
+        if message.get("tool_calls"):
+            span = _locate_tool_call_turn(text, messages, index, chat_format, tokenizer, tools, cursor)
+            spans.append(span)
+            cursor = span[1]
+            continue
         if message["role"] != "assistant":
             # Walk past user/system/tool text so an answer equal to an earlier question is not matched there.
             # Templates may move or drop these (Mistral's system prompt), so a miss does not move the cursor.
@@ -149,6 +156,25 @@ def assistant_char_spans(text: str, messages: list[dict], chat_format: ChatForma
         spans.append(span)
         cursor = span[1]
     return spans
+
+
+def _locate_tool_call_turn(text: str, messages: list[dict], index: int, chat_format: ChatFormat, tokenizer,
+                           tools: Optional[list], cursor: int) -> tuple[int, int]:
+    """A turn that calls tools is rendered in a template-specific syntax, so it cannot be found by its text.
+
+    Its start is where the conversation so far, rendered with the generation prompt, ends — valid only when
+    that rendering is a prefix of the full one, which we check — and it ends at the next terminator.
+    """
+    prefix = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True,
+                                           chat_template=chat_format.chat_template, tools=tools)
+    terminator = chat_format.terminator or ""
+    end = text.find(terminator, len(prefix)) if terminator else -1
+    if not text.startswith(prefix) or len(prefix) < cursor or end < 0:
+        raise DataError(
+            f"template '{chat_format.name}' does not render the tool-call turn {index} after the conversation before "
+            f"it, so its span cannot be located exactly; tool calls are not supported with this template"
+        )
+    return len(prefix), end + len(terminator)
 
 
 def _locate_answer(text: str, content: str, cursor: int, terminator: str) -> Optional[tuple[int, int]]:
@@ -196,10 +222,11 @@ def encode_conversation(
     max_len: int,
     mask_history: bool = False,
     source: str = "",
+    tools: Optional[list] = None,
 ) -> EncodedSample:
     """Render once, tokenize with offsets, and label exactly the assistant answers plus their terminators."""
-    text = render_for_training(messages, tokenizer, chat_format)
-    spans = assistant_char_spans(text, messages, chat_format)
+    text = render_for_training(messages, tokenizer, chat_format, tools)
+    spans = assistant_char_spans(text, messages, chat_format, tokenizer, tools)
     if mask_history:
         spans = spans[-1:]
     # add_special_tokens=False: templates write BOS themselves where the model needs it (as apply_chat_template does).
@@ -258,7 +285,8 @@ def encode_dataset(
     for conversation in conversations:
         try:
             sample = encode_conversation(
-                conversation.messages, tokenizer, chat_format, max_len, mask_history, conversation.source
+                conversation.messages, tokenizer, chat_format, max_len, mask_history, conversation.source,
+                conversation.tools,
             )
         except DataError as err:
             raise DataError(f"{conversation.source}: {err}") from None

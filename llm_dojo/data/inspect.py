@@ -94,7 +94,8 @@ def main(argv: list[str]) -> int:
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     by_source = {c.source: c for c in conversations}
     for sample in shown:
-        text = render_for_training(by_source[sample.source].messages, tokenizer, chat_format)
+        conversation = by_source[sample.source]
+        text = render_for_training(conversation.messages, tokenizer, chat_format, conversation.tools)
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         print(f"── {sample.source} · {len(sample.input_ids)} tokens, {sample.num_trained} trained "
               f"{'(truncated)' if sample.truncated else ''}")

@@ -48,6 +48,7 @@ class Conversation:
 
     messages: list[dict]
     source: str  # "file.jsonl:12"
+    tools: Optional[list] = None  # function definitions offered to the model (OpenAI format), if any
 
 
 @dataclass
@@ -260,12 +261,47 @@ def list_to_messages(turns: Any, where: str, list_name: str, sharegpt: bool) -> 
         if mapped is None:
             accepted = sorted(SHAREGPT_ROLES) if sharegpt else list(ROLES)
             raise DataError(f"{where}: field '{name}.{role_key}' has unknown role '{role}' (accepted: {', '.join(accepted)})")
+        if not sharegpt and mapped == "assistant" and turn.get("tool_calls") is not None:
+            # An assistant turn that calls tools may have no text; the calls are what gets trained.
+            content = turn.get("content") or ""
+            if not isinstance(content, str):
+                raise DataError(f"{where}: field '{name}.content' must be a string, got {type(content).__name__}")
+            messages.append({"role": "assistant", "content": content,
+                             "tool_calls": check_tool_calls(turn["tool_calls"], where, f"{name}.tool_calls")})
+            continue
         if content_key not in turn:
             raise DataError(f"{where}: field '{name}.{content_key}' is missing")
         content = _text(turn[content_key], where, f"{name}.{content_key}")
         message = {"role": mapped, "content": content}
+        if mapped == "tool":  # keep the ids/names templates use to pair a result with its call
+            message.update({k: turn[k] for k in ("tool_call_id", "name") if isinstance(turn.get(k), str)})
         messages.append(message)
     return messages
+
+
+def check_tool_calls(calls: Any, where: str, name: str) -> list[dict]:
+    """OpenAI-style tool calls: [{"type": "function", "function": {"name": str, "arguments": dict or JSON str}}]."""
+    if not isinstance(calls, list) or not calls:
+        raise DataError(f"{where}: field '{name}' must be a non-empty list of tool calls")
+    checked = []
+    for index, call in enumerate(calls):
+        field_name = f"{name}[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise DataError(f"{where}: field '{field_name}.function' must be an object with name and arguments")
+        if not isinstance(function.get("name"), str) or not function["name"].strip():
+            raise DataError(f"{where}: field '{field_name}.function.name' must be a non-empty string")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                raise DataError(f"{where}: field '{field_name}.function.arguments' is not valid JSON") from None
+        if not isinstance(arguments, dict):
+            raise DataError(f"{where}: field '{field_name}.function.arguments' must be an object")
+        checked.append({**call, "type": call.get("type", "function"),
+                        "function": {"name": function["name"], "arguments": arguments}})
+    return checked
 
 
 def check_turn_order(messages: list[dict], where: str) -> None:
@@ -321,7 +357,10 @@ def to_conversation(record: Any, where: str, dataset_format: str = "auto") -> Co
     else:
         raise DataError(f"{where}: unknown dataset_format '{kind}' (accepted: auto, alpaca, sharegpt, messages)")
     check_turn_order(messages, where)
-    return Conversation(messages=messages, source=where)
+    tools = record.get("tools")
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise DataError(f"{where}: field 'tools' must be a list of function definitions (objects)")
+    return Conversation(messages=messages, source=where, tools=tools or None)
 
 
 def load_conversations(
