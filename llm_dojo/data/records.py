@@ -94,11 +94,6 @@ def entry_files(entry: str) -> list[Path]:
     raise DataError(f"{candidate}: data file not found")
 
 
-def data_files(path: str) -> list[Path]:
-    """Expand a data path (file, folder, or comma-separated list of either) into the files to read."""
-    return [file for entry in data_entries(path) for file in entry_files(entry)]
-
-
 def iter_entry_records(entry: str) -> Iterator[tuple[str, Any]]:
     """Records of one entry: local files, or a `datasets` hub dataset ('org/name' or 'org/name:split') when online."""
     local = Path(entry).expanduser()
