@@ -132,20 +132,27 @@ def common_training_args(settings: BenchSettings, output_dir: Path) -> dict:
     return args
 
 
-class CountingCollator:
-    """Wrap a collator and count the tokens it feeds: all of them, and the real (attention_mask == 1) ones."""
+class TokenCounter:
+    """Count the tokens the model is trained on: all fed ones, and the real (attention_mask == 1) ones.
 
-    def __init__(self, collator):
-        self.collator = collator
+    A forward pre-hook, not a collator wrapper: accelerate's dataloader fetches one batch ahead (to know which
+    batch is the last), so a collator is called for a batch that `--steps N` never trains on. Only forward
+    passes in training mode count; gradient checkpointing re-runs the layers, never this top-level forward.
+    """
+
+    def __init__(self, model):
         self.fed = 0
         self.real = 0
+        self.handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
-    def __call__(self, features):
-        batch = self.collator(features)
-        self.fed += batch["input_ids"].numel()
-        mask = batch.get("attention_mask")
-        self.real += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        return batch
+    def _count(self, module, args, kwargs) -> None:
+        if not module.training:
+            return
+        input_ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        self.fed += input_ids.numel()
+        mask = kwargs.get("attention_mask")
+        # Padding-free batches carry no attention mask: every token is real.
+        self.real += int(mask.sum()) if mask is not None else input_ids.numel()
 
 
 def peak_rss_mb() -> float:
@@ -185,17 +192,18 @@ def run_hf_padded(settings: BenchSettings, train_path: Path, out: Path) -> dict:
     model = load_base(settings)
     model.enable_input_require_grads()
     model = get_peft_model(model, lora_config(model, settings))
-    collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
     args = TrainingArguments(per_device_train_batch_size=settings.batch_size, remove_unused_columns=False,
                              **common_training_args(settings, out))
     trainer = Trainer(model=model, args=args, train_dataset=ListDataset(samples_as_records(samples)),
                       data_collator=collator, processing_class=tokenizer)
+    counter = TokenCounter(model)
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
     rss = peak_rss_mb()
     model.save_pretrained(out / "adapter")
-    return dict(train_seconds=seconds, real_tokens=collator.real, fed_tokens=collator.fed, peak_rss_mb=rss,
+    return dict(train_seconds=seconds, real_tokens=counter.real, fed_tokens=counter.fed, peak_rss_mb=rss,
                 train_loss=result.training_loss, optimizer_steps=result.global_step)
 
 
@@ -216,13 +224,13 @@ def run_trl(settings: BenchSettings, train_path: Path, out: Path) -> dict:
                       **common_training_args(settings, out))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
                          processing_class=tokenizer, peft_config=lora_config(model, settings))
-    trainer.data_collator = collator = CountingCollator(trainer.data_collator)
+    counter = TokenCounter(trainer.model)
     started = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - started
     rss = peak_rss_mb()
     trainer.model.save_pretrained(out / "adapter")
-    return dict(train_seconds=seconds, real_tokens=collator.real, fed_tokens=collator.fed, peak_rss_mb=rss,
+    return dict(train_seconds=seconds, real_tokens=counter.real, fed_tokens=counter.fed, peak_rss_mb=rss,
                 train_loss=result.training_loss, optimizer_steps=result.global_step)
 
 

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from llm_dojo.bench import RESULT_KEYS, RUNS, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS
+from llm_dojo.bench import RESULT_KEYS, RUNS, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS, TokenCounter
 from llm_dojo.bench_data import make_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,33 @@ def test_trl_marked_template_renders_exactly_the_official_text(smol_tokenizer):
         marked = smol_tokenizer.apply_chat_template(record["messages"], tokenize=False,
                                                     chat_template=SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS)
         assert marked == official
+
+
+def test_token_counter_counts_only_the_batches_trained_on(tiny_model_dir, tmp_path):
+    """accelerate's dataloader fetches one batch ahead; with max_steps=1 only the first batch is trained on."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from llm_dojo.models.loading import load_model, load_tokenizer
+    from llm_dojo.recipes.sft import ListDataset
+
+    folder = tiny_model_dir("llama")
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder)
+    lengths = [5, 9, 7, 3, 12, 4, 6, 8]  # two batches of 4
+    records = [{"input_ids": list(range(10, 10 + n)), "labels": list(range(10, 10 + n))} for n in lengths]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
+                             report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    trainer = Trainer(model=model, args=args, train_dataset=ListDataset(records), data_collator=collator)
+    trainer._get_train_sampler = lambda *a, **k: None  # keep the order: the first batch is lengths[:4]
+    counter = TokenCounter(model)
+    trainer.train()
+    assert counter.real == sum(lengths[:4])
+    assert counter.fed == 4 * max(lengths[:4])
+
+    model.eval()
+    model(input_ids=torch.tensor([[10, 11, 12]]))  # evaluation forwards are not training tokens
+    assert counter.real == sum(lengths[:4])
 
 
 @pytest.mark.slow
