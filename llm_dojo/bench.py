@@ -1,6 +1,6 @@
 """`dojo bench`: training throughput of three stacks on the same model, data, LoRA and seed, one subprocess each.
 
-    dojo bench [--steps N] [--samples N] [--runs hf_padded,trl,dojo] [--output FILE.json]
+    dojo bench [--short] [--steps N] [--samples N] [--runs hf_padded,trl,dojo] [--output FILE.json]
 
 - hf_padded: plain `transformers.Trainer` + PEFT; each batch of 8 padded to its longest sample
   (`DataCollatorForSeq2Seq`), labels from our encoder, the model's own full-logits loss.
@@ -281,6 +281,12 @@ def run_dojo(settings: BenchSettings, train_path: Path, out: Path) -> dict:
 
 RUNNERS = {"hf_padded": run_hf_padded, "trl": run_trl, "dojo": run_dojo}
 
+# `--short`: two optimizer steps per run with two samples / packed sequences / rows each, 8 held-out records.
+# TRL's default step (8 packed sequences joined into one ~8,000-token row) takes 4-8 minutes alone on a 2-core
+# CPU, so a short run at batch 8 cannot finish in 10 minutes; at batch 2 the three runs take similar tokens per
+# step as dojo's two rows. Its speeds include the first steps' one-time warm-up: quote full-epoch numbers.
+SHORT_MODE = {"steps": 2, "samples": 48, "eval_samples": 8, "batch_size": 2}
+
 
 def worker(run: str, settings: BenchSettings, result_path: Path) -> None:
     """Inside the subprocess: train one stack, evaluate its saved adapter, write the result JSON."""
@@ -329,9 +335,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = BenchSettings()
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of hf_padded,trl,dojo")
-    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default 0: one epoch)")
-    parser.add_argument("--samples", type=int, default=defaults.samples, help="training records")
-    parser.add_argument("--eval-samples", type=int, default=defaults.eval_samples, help="held-out records")
+    parser.add_argument("--short", action="store_true",
+                        help="a smoke-sized run that finishes in minutes on a CPU: " + ", ".join(
+                            f"--{k.replace('_', '-')} {v}" for k, v in SHORT_MODE.items())
+                        + " unless given (one TRL step of 8 packed 1,024-token sequences alone takes 4-8 "
+                        "minutes on a 2-core CPU)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default 0: one epoch)")
+    parser.add_argument("--samples", type=int, help=f"training records (default {defaults.samples})")
+    parser.add_argument("--eval-samples", type=int, help=f"held-out records (default {defaults.eval_samples})")
+    parser.add_argument("--batch-size", type=int, help=f"hf_padded samples and trl packed sequences per "
+                        f"optimizer step (default {defaults.batch_size})")
     parser.add_argument("--model", default=defaults.model, help="model (default: the embedded SmolLM2-135M)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -347,7 +360,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Unset options take the short mode's values with --short, the full bench's otherwise.
+    for name, full_value in (("steps", defaults.steps), ("samples", defaults.samples),
+                             ("eval_samples", defaults.eval_samples), ("batch_size", defaults.batch_size)):
+        if getattr(args, name) is None:
+            setattr(args, name, SHORT_MODE.get(name, full_value) if args.short else full_value)
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -365,7 +384,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="dojo-bench-") as scratch:
         settings = BenchSettings(model=args.model, samples=args.samples, eval_samples=args.eval_samples,
-                                 steps=args.steps, seed=args.seed, learning_rate=args.learning_rate,
+                                 steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                                 learning_rate=args.learning_rate,
                                  max_len=args.max_len, dojo_row_len=args.dojo_row_len or args.max_len,
                                  dojo_rows_per_step=args.dojo_rows_per_step, dojo_grad_accum=args.dojo_grad_accum,
                                  workdir=str(Path(args.workdir or scratch).resolve()))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_dojo.bench import RESULT_KEYS, RUNS, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS, TokenCounter
+from llm_dojo.bench import (RESULT_KEYS, RUNS, SHORT_MODE, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS, BenchSettings,
+                            TokenCounter, parse_args)
 from llm_dojo.bench_data import make_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,17 @@ def test_trl_marked_template_renders_exactly_the_official_text(smol_tokenizer):
         marked = smol_tokenizer.apply_chat_template(record["messages"], tokenize=False,
                                                     chat_template=SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS)
         assert marked == official
+
+
+def test_short_mode_fills_only_the_options_not_given():
+    full = BenchSettings()
+    args = parse_args([])
+    assert (args.steps, args.samples, args.eval_samples, args.batch_size) == (
+        full.steps, full.samples, full.eval_samples, full.batch_size)
+    short = parse_args(["--short"])
+    assert {k: getattr(short, k) for k in SHORT_MODE} == SHORT_MODE
+    assert parse_args(["--short", "--steps", "5"]).steps == 5
+    assert parse_args(["--short", "--steps", "5"]).batch_size == SHORT_MODE["batch_size"]
 
 
 def test_token_counter_counts_only_the_batches_trained_on(tiny_model_dir, tmp_path):

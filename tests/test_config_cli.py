@@ -76,3 +76,23 @@ def test_dojo_train_bad_data_exits_2_naming_file_line_and_field_before_loading_a
 def test_dojo_without_arguments_lists_commands():
     result = subprocess.run([sys.executable, "-m", "llm_dojo.cli"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "train" in result.stdout and "inspect" in result.stdout
+
+
+def test_liger_kernel_keeps_our_trained_positions_loss_or_fails_early(monkeypatch):
+    import importlib.util
+
+    from llm_dojo.recipes.sft import prepare_liger_kernel
+
+    config = load_config(None, ["train_data_path=x.jsonl", "use_liger_kernel=true"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else True)
+    with pytest.raises(ConfigError, match="liger-kernel"):
+        prepare_liger_kernel(config.training)
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: True)
+    prepare_liger_kernel(config.training)
+    assert config.training.liger_kernel_config == {"fused_linear_cross_entropy": False}
+
+    own = load_config(None, ["train_data_path=x.jsonl", "use_liger_kernel=true"])
+    own.training.liger_kernel_config = {"rms_norm": False}
+    prepare_liger_kernel(own.training)
+    assert own.training.liger_kernel_config == {"rms_norm": False}  # the user's choice is kept

@@ -79,6 +79,26 @@ def test_packed_logits_equal_each_sample_run_alone(tiny_llama):
     assert checked == len(samples)
 
 
+def test_flattened_rows_for_flash_attention_keep_every_sample_apart(tiny_llama):
+    samples = random_samples(9, tiny_llama.config.vocab_size, seed=2)
+    rows = rows_as_records(build_packed_rows(samples, capacity=96))
+    batch = PackedCollator(pad_token_id=0, flatten=True)(rows)
+    total = sum(len(s.input_ids) for s in samples)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (1, total)
+    lengths = batch["cu_seq_lens_q"].diff().tolist()
+    assert batch["cu_seq_lens_q"][0] == 0 and sorted(lengths) == sorted(len(s.input_ids) for s in samples)
+    assert batch["max_length_q"] == max(lengths) and batch["cu_seq_lens_k"] is batch["cu_seq_lens_q"]
+    # SDPA reads the same boundaries from position_ids: every sample's logits equal those run alone.
+    with torch.no_grad():
+        flat_logits = tiny_llama(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                 use_cache=False).logits[0]
+    bounds = batch["cu_seq_lens_q"].tolist()
+    for start, end in zip(bounds, bounds[1:]):
+        with torch.no_grad():
+            alone = tiny_llama(input_ids=batch["input_ids"][:, start:end], use_cache=False).logits[0]
+        assert (flat_logits[start:end] - alone).abs().max().item() < PACKED_LOGIT_TOLERANCE
+
+
 def test_packed_loss_equals_mean_of_samples_run_alone(tiny_llama):
     samples = random_samples(7, tiny_llama.config.vocab_size, seed=2)
     packed = PackedCollator(0)(rows_as_records(build_packed_rows(samples, capacity=128)))
@@ -155,3 +175,16 @@ def test_gradient_accumulation_of_four_micro_batches_equals_one_batch_of_four(ti
     accumulated = one_step(batch_size=1, accumulation=4)
     worst = max((together[k] - accumulated[k]).abs().max().item() for k in together)
     assert worst < 1e-6, worst
+
+
+def test_flash_attention_configs_get_flattened_packed_batches(smol_tokenizer):
+    from llm_dojo.config import load_config
+    from llm_dojo.recipes.sft import make_collator
+
+    def collator(*overrides):
+        return make_collator(load_config(None, ["train_data_path=x.jsonl", *overrides]), smol_tokenizer)
+
+    assert collator("attn_implementation=flash_attention_2").flatten is True
+    assert collator("attn_implementation=sdpa").flatten is False
+    assert collator().flatten is False  # transformers' default choice on the CPU is SDPA
+    assert isinstance(collator("packing=false"), PaddedCollator)

@@ -68,12 +68,22 @@ def build_packed_rows(samples: Sequence[EncodedSample], capacity: int, seed: int
 
 
 class PackedCollator:
-    """Stack packed rows into a batch; rows of unequal length are padded with a separate dummy 'sample'."""
+    """Stack packed rows into a batch; rows of unequal length are padded with a separate dummy 'sample'.
 
-    def __init__(self, pad_token_id: int):
+    `flatten=True` joins the rows end to end into one row instead (nothing padded), with the sequence
+    boundaries as `cu_seq_lens_q/k` and `max_length_q/k`. Flash-attention needs it: transformers reads packed
+    samples from `position_ids` there only when the batch has one row; with several rows it would attend
+    across samples. Its variable-length kernel costs the sum of the samples' squared lengths, not the row's,
+    so one long row is free on a GPU. (SDPA on a CPU is the opposite: keep rows short, do not flatten.)
+    """
+
+    def __init__(self, pad_token_id: int, flatten: bool = False):
         self.pad_token_id = pad_token_id
+        self.flatten = flatten
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.flatten:
+            return self._flattened(rows)
         width = max(len(r["input_ids"]) for r in rows)
         input_ids, labels, position_ids = [], [], []
         for row in rows:
@@ -86,6 +96,20 @@ class PackedCollator:
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "position_ids": torch.tensor(position_ids, dtype=torch.long),
+        }
+
+    @staticmethod
+    def _flattened(rows: list[dict]) -> dict[str, torch.Tensor]:
+        position_ids = torch.tensor([p for row in rows for p in row["position_ids"]], dtype=torch.long)
+        starts = (position_ids == 0).nonzero().flatten()
+        cu_seq_lens = torch.cat([starts, torch.tensor([position_ids.numel()])]).to(torch.int32)
+        longest = int(cu_seq_lens.diff().max())
+        return {
+            "input_ids": torch.tensor([[t for row in rows for t in row["input_ids"]]], dtype=torch.long),
+            "labels": torch.tensor([[t for row in rows for t in row["labels"]]], dtype=torch.long),
+            "position_ids": position_ids[None],
+            "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": longest, "max_length_k": longest,
         }
 
 

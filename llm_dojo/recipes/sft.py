@@ -74,7 +74,30 @@ def make_dataset(samples: list[EncodedSample], config: TrainConfig, seed: int):
 
 
 def make_collator(config: TrainConfig, tokenizer):
-    return PackedCollator(tokenizer.pad_token_id) if config.data.packing else PaddedCollator(tokenizer.pad_token_id)
+    if not config.data.packing:
+        return PaddedCollator(tokenizer.pad_token_id)
+    # Flash-attention separates packed samples only within a single row (see PackedCollator).
+    flash = (config.model.attn_implementation or "").startswith("flash_attention")
+    return PackedCollator(tokenizer.pad_token_id, flatten=flash)
+
+
+def prepare_liger_kernel(args) -> None:
+    """`use_liger_kernel: true` (GPU): fail before the model loads if Liger is missing, and keep our loss.
+
+    Liger's fused linear cross-entropy replaces the model's forward with one that needs labels and slices
+    `logits_to_keep` as an integer; our loss passes a boolean mask of trained positions instead (see loss.py),
+    which already avoids the full logits tensor. So unless the user gives their own `liger_kernel_config`,
+    only Liger's RMSNorm, RoPE and SwiGLU kernels are applied.
+    """
+    if not args.use_liger_kernel:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("use_liger_kernel: true needs the liger-kernel package (a CUDA GPU with Triton): "
+                          "pip install liger-kernel, or set use_liger_kernel: false")
+    if args.liger_kernel_config is None:
+        args.liger_kernel_config = {"fused_linear_cross_entropy": False}
 
 
 def train(config: TrainConfig, return_model: bool = False):
@@ -95,6 +118,7 @@ def train(config: TrainConfig, return_model: bool = False):
         args.train_sampling_strategy = "group_by_length"  # similar lengths together: less padding
     if args.gradient_checkpointing and not args.gradient_checkpointing_kwargs:
         args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    prepare_liger_kernel(args)
 
     model = load_model(
         config.model.model_name_or_path,
