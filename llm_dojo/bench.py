@@ -282,7 +282,7 @@ def run_dojo(settings: BenchSettings, train_path: Path, out: Path) -> dict:
 RUNNERS = {"hf_padded": run_hf_padded, "trl": run_trl, "dojo": run_dojo}
 
 # `--short`: two optimizer steps per run with two samples / packed sequences / rows each, 8 held-out records.
-# TRL's default step (8 packed sequences joined into one ~8,000-token row) takes 4-8 minutes alone on a 2-core
+# TRL's default step (8 packed sequences joined into one ~8,000-token row) takes 5-8 minutes alone on a 2-core
 # CPU, so a short run at batch 8 cannot finish in 10 minutes; at batch 2 the three runs take similar tokens per
 # step as dojo's two rows. Its speeds include the first steps' one-time warm-up: quote full-epoch numbers.
 SHORT_MODE = {"steps": 2, "samples": 48, "eval_samples": 8, "batch_size": 2}
@@ -338,7 +338,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--short", action="store_true",
                         help="a smoke-sized run that finishes in minutes on a CPU: " + ", ".join(
                             f"--{k.replace('_', '-')} {v}" for k, v in SHORT_MODE.items())
-                        + " unless given (one TRL step of 8 packed 1,024-token sequences alone takes 4-8 "
+                        + " unless given (one TRL step of 8 packed 1,024-token sequences alone takes 5-8 "
                         "minutes on a 2-core CPU)")
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 0: one epoch)")
     parser.add_argument("--samples", type=int, help=f"training records (default {defaults.samples})")

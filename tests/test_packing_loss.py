@@ -85,6 +85,7 @@ def test_flattened_rows_for_flash_attention_keep_every_sample_apart(tiny_llama):
     batch = PackedCollator(pad_token_id=0, flatten=True)(rows)
     total = sum(len(s.input_ids) for s in samples)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (1, total)
+    assert batch["labels"][0].tolist() == [label for row in rows for label in row["labels"]]
     lengths = batch["cu_seq_lens_q"].diff().tolist()
     assert batch["cu_seq_lens_q"][0] == 0 and sorted(lengths) == sorted(len(s.input_ids) for s in samples)
     assert batch["max_length_q"] == max(lengths) and batch["cu_seq_lens_k"] is batch["cu_seq_lens_q"]
@@ -185,6 +186,7 @@ def test_flash_attention_configs_get_flattened_packed_batches(smol_tokenizer):
         return make_collator(load_config(None, ["train_data_path=x.jsonl", *overrides]), smol_tokenizer)
 
     assert collator("attn_implementation=flash_attention_2").flatten is True
+    assert collator("attn_implementation=kernels-community/vllm-flash-attn3").flatten is True
     assert collator("attn_implementation=sdpa").flatten is False
     assert collator().flatten is False  # transformers' default choice on the CPU is SDPA
     assert isinstance(collator("packing=false"), PaddedCollator)

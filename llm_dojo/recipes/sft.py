@@ -76,8 +76,11 @@ def make_dataset(samples: list[EncodedSample], config: TrainConfig, seed: int):
 def make_collator(config: TrainConfig, tokenizer):
     if not config.data.packing:
         return PaddedCollator(tokenizer.pad_token_id)
-    # Flash-attention separates packed samples only within a single row (see PackedCollator).
-    flash = (config.model.attn_implementation or "").startswith("flash_attention")
+    from transformers.utils.generic import is_flash_attention_requested
+
+    # Flash-attention separates packed samples only within a single row (see PackedCollator). transformers'
+    # own test, so hub kernels such as kernels-community/vllm-flash-attn3 count too.
+    flash = is_flash_attention_requested(requested_attention_implementation=config.model.attn_implementation)
     return PackedCollator(tokenizer.pad_token_id, flatten=flash)
 
 
