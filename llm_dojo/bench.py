@@ -88,12 +88,11 @@ def write_data(settings: BenchSettings) -> tuple[Path, Path]:
 
 def encode_file(path: Path, tokenizer, max_len: int):
     """Our encoder: one official rendering → input_ids and labels (-100 outside answers + terminators)."""
-    from llm_dojo.data.encode import encode_dataset, resolve_chat_format
-    from llm_dojo.data.records import load_conversations
+    from llm_dojo.config import DataArguments
+    from llm_dojo.data.prepare import prepare_sft_data
 
-    conversations, _ = load_conversations(str(path), "messages")
-    samples, _ = encode_dataset(conversations, tokenizer, resolve_chat_format(tokenizer), max_len)
-    return samples
+    data = DataArguments(train_data_path=str(path), dataset_format="messages", max_len=max_len)
+    return prepare_sft_data(data, tokenizer, with_eval=False).train
 
 
 # ------------------------------------------------------------------------------------------- shared pieces
@@ -161,12 +160,12 @@ def peak_rss_mb() -> float:
 
 
 def heldout_eval(settings: BenchSettings, adapter_dir: Path, heldout_path: Path) -> float:
-    """Held-out loss of a saved adapter: base model + adapter, every held-out sample, `sft.heldout_loss`."""
+    """Held-out loss of a saved adapter: base model + adapter, every held-out sample, `outputs.heldout_loss`."""
     from peft import PeftModel
 
     from llm_dojo.data.batching import PaddedCollator, samples_as_records
     from llm_dojo.models.loading import load_tokenizer
-    from llm_dojo.recipes.sft import ListDataset, heldout_loss
+    from llm_dojo.recipes.outputs import ListDataset, heldout_loss
 
     tokenizer = load_tokenizer(settings.model)
     # Sorted by length so the padded eval batches waste little; the summed loss does not depend on the order.
@@ -185,7 +184,7 @@ def run_hf_padded(settings: BenchSettings, train_path: Path, out: Path) -> dict:
 
     from llm_dojo.data.batching import samples_as_records
     from llm_dojo.models.loading import load_tokenizer
-    from llm_dojo.recipes.sft import ListDataset
+    from llm_dojo.recipes.outputs import ListDataset
 
     tokenizer = load_tokenizer(settings.model)
     samples = encode_file(train_path, tokenizer, settings.max_len)

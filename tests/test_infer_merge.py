@@ -77,10 +77,18 @@ def adapters(tmp_path_factory, tokenizer, prompt_ids):
     base_4bit = load_model(MODEL, dtype=torch.float32, load_in_4bit=True)
     peft_model = make_adapter(base_4bit, root / "qlora", tokenizer, seed=3)
     (root / "qlora" / "dojo_config.yaml").write_text("train_mode: qlora\nlora_rank: 8\n")  # as `dojo train` writes
-    reference["qlora"] = logits(peft_model, prompt_ids)  # what training saw: the 4-bit base + adapter
-    dequantised = peft_model.unload().dequantize(dtype=torch.float32)
+    # What training saw: the 4-bit base + adapter. This forward may repack the 4-bit weights in place (CPUs with
+    # AVX-512 BF16), after which they can no longer be de-quantised: the merge below must not depend on them.
+    with merge.training_path_4bit(peft_model):  # the 4-bit matmul training used (see training_path_4bit)
+        reference["qlora"] = logits(peft_model, prompt_ids)
+    logits(peft_model, prompt_ids)  # and an eval-mode forward: on AVX-512 BF16 CPUs it repacks the weights
+    del peft_model, base_4bit
+    # The de-quantised reference is made the safe way: a fresh 4-bit load, de-quantised before any forward.
+    fresh_4bit = load_model(MODEL, dtype=torch.float32, load_in_4bit=True)
+    merge.check_not_repacked(fresh_4bit)
+    dequantised = fresh_4bit.dequantize(dtype=torch.float32)
     reference["qlora_dequantised"] = logits(PeftModel.from_pretrained(dequantised, root / "qlora"), prompt_ids)
-    del peft_model, base_4bit, dequantised
+    del fresh_4bit, dequantised
 
     base = load_model(MODEL, dtype=torch.float32)
     reference["base"] = logits(base, prompt_ids)
@@ -131,9 +139,12 @@ def test_merged_dora_logits_equal_base_plus_adapter(adapters, prompt_ids, tmp_pa
 
 @pytest.mark.slow
 def test_qlora_merges_into_the_dequantised_base(adapters, prompt_ids, tmp_path):
+    """The fixture ran a forward on the 4-bit model first (the case that broke merges on AVX-512 BF16 CPUs)."""
     root, reference = adapters
     output = merge.merge_adapter(str(root / "qlora"), str(tmp_path / "merged"), dtype="fp32")
-    assert json.loads((output / "dojo_merge.json").read_text())["qlora"] is True  # found via dojo_config.yaml
+    provenance = json.loads((output / "dojo_merge.json").read_text())
+    assert provenance["qlora"] is True  # found via dojo_config.yaml
+    assert provenance["checks"]["vs_4bit_base_plus_adapter"] <= merge.QLORA_CHECK_BOUND[torch.float32]
     merged = logits(load_merged(output), prompt_ids)
     assert (merged - reference["qlora_dequantised"]).abs().max() < TIGHT
     error = (merged - reference["qlora"]).abs().max()
@@ -164,10 +175,43 @@ def test_failed_merge_leaves_no_folder(adapters, tmp_path, monkeypatch):
         raise OSError("No space left on device (simulated)")
 
     # Fails after the weight shards and tokenizer were written into the temporary folder.
-    monkeypatch.setattr(merge, "merged_generation_config", disk_full)
+    monkeypatch.setattr(merge.ChatFormat, "save", disk_full)
     with pytest.raises(OSError, match="simulated"):
         merge.merge_adapter(str(root / "lora"), str(tmp_path / "out" / "merged"), dtype="fp32")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_repacked_4bit_weights_are_refused():
+    """A weight that a forward repacked for the CPU (quant_state.packing_format_for_cpu) must never be de-quantised."""
+    from types import SimpleNamespace
+
+    layer = torch.nn.Linear(2, 2)
+    layer.weight.quant_state = SimpleNamespace(packing_format_for_cpu=False)
+    model = torch.nn.Sequential(layer)
+    merge.check_not_repacked(model)  # fresh: fine
+    layer.weight.quant_state.packing_format_for_cpu = True
+    with pytest.raises(merge.MergeCheckError, match="repacked"):
+        merge.check_not_repacked(model)
+
+
+@pytest.mark.slow
+def test_a_merge_that_does_not_reproduce_base_plus_adapter_fails_and_writes_nothing(adapters, tmp_path, monkeypatch):
+    root, _ = adapters
+    from peft.tuners.lora import LoraModel
+
+    original = LoraModel.merge_and_unload
+
+    def broken_merge(self, *args, **kwargs):  # a merge that silently damages one weight, like a garbage de-quantisation
+        model = original(self, *args, **kwargs)
+        weight = model.model.layers[0].self_attn.q_proj.weight
+        with torch.no_grad():
+            weight.add_(torch.randn_like(weight))
+        return model
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", broken_merge)
+    with pytest.raises(merge.MergeCheckError, match="nothing was written"):
+        merge.merge_adapter(str(root / "lora"), str(tmp_path / "out" / "merged"), dtype="fp32")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def test_existing_output_is_not_overwritten_by_default(tmp_path, capsys):

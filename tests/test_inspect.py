@@ -6,7 +6,7 @@ import json
 
 from conftest import CHAT_RECORDS
 from llm_dojo.data.encode import IGNORE_INDEX
-from llm_dojo.data.inspect import main as inspect_main
+from llm_dojo.data.preview import main as inspect_main
 
 
 def test_inspect_json_gives_ids_tokens_labels_and_stats(write_jsonl, capsys):

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from conftest import TINY_ARCHS, tiny_config
 from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, pack_best_fit_decreasing,
                                     rows_as_records, samples_as_records)
 from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
@@ -146,34 +147,36 @@ def test_logits_are_computed_only_at_trained_positions(tiny_llama):
     assert seen["rows"] == trained < batch["input_ids"].numel()
 
 
-def test_gradient_accumulation_of_four_micro_batches_equals_one_batch_of_four(tiny_model_dir, tmp_path):
-    """Through the real DojoTrainer: 4 micro-batches of 1 row == 1 batch of 4 rows (one SGD step)."""
+def one_sgd_step(model_dir: str, output_dir, records: list[dict], collator, batch_size: int,
+                 accumulation: int) -> dict[str, torch.Tensor]:
+    """Parameters after one SGD step of the real DojoTrainer over `records`, in order."""
     from transformers import AutoModelForCausalLM
 
     from llm_dojo.config import DojoTrainingArguments
     from llm_dojo.recipes.sft import ListDataset
     from llm_dojo.recipes.trainer import DojoTrainer
 
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    args = DojoTrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
+        lr_scheduler_type="constant", train_sampling_strategy="sequential", use_cpu=True,
+        report_to="none", save_strategy="no", logging_steps=1, remove_unused_columns=False,
+    )
+    trainer = DojoTrainer(model=model, args=args, train_dataset=ListDataset(records), data_collator=collator)
+    trainer.train()
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_gradient_accumulation_of_four_micro_batches_equals_one_batch_of_four(tiny_model_dir, tmp_path):
+    """Through the real DojoTrainer: 4 micro-batches of 1 row == 1 batch of 4 rows (one SGD step)."""
     samples = random_samples(12, 1000, seed=5, lo=10, hi=60)
     rows = rows_as_records(build_packed_rows(samples, capacity=100))[:4]
     assert len(rows) == 4 and len({sum(l != IGNORE_INDEX for l in r["labels"]) for r in rows}) > 1
 
-    def one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
-        args = DojoTrainingArguments(
-            output_dir=str(tmp_path / f"run{batch_size}"), per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
-            lr_scheduler_type="constant", train_sampling_strategy="sequential", use_cpu=True,
-            report_to="none", save_strategy="no", logging_steps=1, remove_unused_columns=False,
-        )
-        trainer = DojoTrainer(model=model, args=args, train_dataset=ListDataset(rows),
-                              data_collator=PackedCollator(0))
-        trainer.train()
-        return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    together = one_step(batch_size=4, accumulation=1)
-    accumulated = one_step(batch_size=1, accumulation=4)
+    together = one_sgd_step(tiny_model_dir("llama"), tmp_path / "run4", rows, PackedCollator(0), 4, 1)
+    accumulated = one_sgd_step(tiny_model_dir("llama"), tmp_path / "run1", rows, PackedCollator(0), 1, 4)
     worst = max((together[k] - accumulated[k]).abs().max().item() for k in together)
     assert worst < 1e-6, worst
 
@@ -190,3 +193,108 @@ def test_flash_attention_configs_get_flattened_packed_batches(smol_tokenizer):
     assert collator("attn_implementation=sdpa").flatten is False
     assert collator().flatten is False  # transformers' default choice on the CPU is SDPA
     assert isinstance(collator("packing=false"), PaddedCollator)
+
+
+# Samples whose FIRST label is trained: the packer, not the encoder, must mask it, or the previous sample's last
+# token is asked to predict it. (Encoded chat samples always start untrained, which hides that mistake.)
+FIRST_TOKEN_TRAINED = [
+    EncodedSample([11, 12, 13, 14, 15, 16], [11, 12, 13, 14, 15, 16], "a"),
+    EncodedSample([21, 22, 23, 24, 25], [21, IGNORE_INDEX, 23, 24, 25], "b"),
+    EncodedSample([31, 32, 33, 34], [31, 32, 33, 34], "c"),
+]
+
+
+def test_packing_masks_the_first_label_of_every_sample_even_when_it_was_trained():
+    rows = build_packed_rows(FIRST_TOKEN_TRAINED, capacity=16)
+    assert len(rows) == 1  # best-fit decreasing: longest first
+    row = rows[0]
+    assert row.input_ids == [11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 31, 32, 33, 34]
+    assert row.position_ids == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0, 1, 2, 3]
+    assert row.labels == [IGNORE_INDEX, 12, 13, 14, 15, 16, IGNORE_INDEX, IGNORE_INDEX, 23, 24, 25,
+                          IGNORE_INDEX, 32, 33, 34]
+
+
+def test_packed_loss_equals_per_sample_loss_when_first_labels_are_trained(tiny_llama):
+    packed = PackedCollator(0)(rows_as_records(build_packed_rows(FIRST_TOKEN_TRAINED, capacity=16)))
+    with torch.no_grad():
+        packed_loss, n = trained_positions_loss(tiny_llama, packed, num_items_in_batch=1)
+        alone = [trained_positions_loss(tiny_llama, PaddedCollator(0)(samples_as_records([s])), num_items_in_batch=1)
+                 for s in FIRST_TOKEN_TRAINED]
+    # Alone, a sample's first token is predicted by nothing: 5 + 3 + 3 predictions, none across a boundary.
+    assert n == sum(k for _, k in alone) == 11
+    assert packed_loss.item() == pytest.approx(sum(loss.item() for loss, _ in alone), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_packed_logits_and_loss_equal_each_sample_alone_on_every_tiny_architecture(arch):
+    """position_ids restarting at 0, no attention mask, no cache: transformers keeps samples apart.
+
+    Each architecture runs with transformers' default attention here (SDPA; eager for Gemma-2, which has no SDPA).
+    """
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config(arch, vocab_size=512)
+    config.pad_token_id = 0  # some families default to an id (Phi-3: 32000) outside this small vocabulary
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert model.config._attn_implementation == ("eager" if arch == "gemma2" else "sdpa")
+    samples = random_samples(6, 512, seed=6, lo=8, hi=30)
+    rows = rows_as_records(build_packed_rows(samples, capacity=64))
+    batch = PackedCollator(pad_token_id=0)(rows)
+    assert batch["input_ids"].shape[0] > 1 and max(len(r["position_ids"]) for r in rows) > 30  # several samples a row
+    with torch.no_grad():
+        packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        packed_loss, n = trained_positions_loss(model, batch, num_items_in_batch=1)
+        alone_loss, alone_n = 0.0, 0
+        for row_index, row in enumerate(rows):
+            starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+            for start, end in zip(starts, starts[1:]):
+                ids = torch.tensor([row["input_ids"][start:end]])
+                alone = model(input_ids=ids, use_cache=False).logits[0]
+                error = (packed_logits[row_index, start:end] - alone).abs().max().item()
+                assert error < PACKED_LOGIT_TOLERANCE, (arch, error)
+                labels = torch.tensor([row["labels"][start:end]])
+                loss, k = trained_positions_loss(model, {"input_ids": ids, "labels": labels}, num_items_in_batch=1)
+                alone_loss += loss.item()
+                alone_n += k
+    assert n == alone_n
+    assert packed_loss.item() == pytest.approx(alone_loss, rel=1e-5)
+
+
+def test_padded_gradient_accumulation_of_two_micro_batches_equals_one_batch_of_both(tiny_llama):
+    """packing: false — each micro-batch's summed loss over the window's trained-token count, gradients added."""
+    samples = random_samples(4, tiny_llama.config.vocab_size, seed=7, lo=6, hi=40)
+    halves = [samples[:2], samples[2:]]
+    counts = [sum(s.num_trained - (s.labels[0] != IGNORE_INDEX) for s in half) for half in halves]
+    assert counts[0] != counts[1]  # unequal: a mean of per-micro-batch means would give a different answer
+    parameters = [p for p in tiny_llama.parameters()]
+
+    def gradients(batches: list[list[EncodedSample]], num_items) -> list[torch.Tensor]:
+        tiny_llama.zero_grad()
+        for batch in batches:
+            loss, _ = trained_positions_loss(tiny_llama, PaddedCollator(0)(samples_as_records(batch)), num_items)
+            loss.backward()
+        grads = [p.grad.detach().clone() for p in parameters]
+        tiny_llama.zero_grad()
+        return grads
+
+    def worst(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+    together = gradients([samples], None)  # one padded batch, normalised by its own trained-token count
+    accumulated = gradients(halves, sum(counts))
+    assert worst(together, accumulated) < 1e-5  # fp32; gradients here are up to ~0.3 (measured: 1e-6 apart)
+    naive = [g / 2 for g in gradients(halves[:1], None)]
+    naive = [g + h / 2 for g, h in zip(naive, gradients(halves[1:], None))]
+    assert worst(together, naive) > 1e-3  # the test tells the right normaliser from the naive one (~0.1)
+
+
+def test_padded_trainer_two_micro_batches_of_two_equal_one_batch_of_four(tiny_model_dir, tmp_path):
+    """packing: false through the real DojoTrainer: the Trainer's trained-token count matches our loss's."""
+    samples = random_samples(4, 1000, seed=8, lo=10, hi=60)
+    records = samples_as_records(samples)
+    assert len({len(s.input_ids) for s in samples}) == 4  # every micro-batch is padded differently
+    together = one_sgd_step(tiny_model_dir("llama"), tmp_path / "run4", records, PaddedCollator(0), 4, 1)
+    accumulated = one_sgd_step(tiny_model_dir("llama"), tmp_path / "run2", records, PaddedCollator(0), 2, 2)
+    worst = max((together[k] - accumulated[k]).abs().max().item() for k in together)
+    assert worst < 1e-6, worst

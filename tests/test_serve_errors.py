@@ -8,7 +8,8 @@ import urllib.request
 
 import pytest
 
-from llm_dojo.infer.serve import Finished, TextDelta, create_app, serve_in_background
+from llm_dojo.serve.app import create_app, serve_in_background
+from llm_dojo.serve.engines import Finished, TextDelta
 
 API_KEY = "sekrit"
 
@@ -77,6 +78,7 @@ BAD_REQUESTS = [
     ("empty messages", "/v1/chat/completions", chat_body(messages=[]), 400),
     ("bad role", "/v1/chat/completions", chat_body(messages=[{"role": "wizard", "content": "hi"}]), 400),
     ("content not text", "/v1/chat/completions", chat_body(messages=[{"role": "user", "content": 5}]), 400),
+    ("empty content", "/v1/chat/completions", chat_body(messages=[{"role": "user", "content": "  "}]), 400),
     ("max_tokens not a number", "/v1/chat/completions", chat_body(max_tokens="lots"), 400),
     ("max_tokens zero", "/v1/chat/completions", chat_body(max_tokens=0), 400),
     ("temperature too high", "/v1/chat/completions", chat_body(temperature=7), 400),
@@ -108,6 +110,22 @@ def test_context_window_error_names_the_limit(url):
 def test_validation_error_names_the_field(url):
     status, payload = call(url, "/v1/chat/completions", chat_body(max_tokens="lots"))
     assert payload["error"]["param"] == "max_tokens"
+
+
+def test_empty_message_is_refused_by_the_shared_validator_naming_its_index(url):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": ""}]}]
+    status, payload = call(url, "/v1/chat/completions", chat_body(messages=messages))
+    assert_openai_error(payload, status, 400)
+    assert payload["error"]["param"] == "messages"
+    assert payload["error"]["message"] == "request: field 'messages[1].content' is empty"
+
+
+def test_developer_role_and_text_parts_are_accepted(url):
+    messages = [{"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}]
+    status, payload = call(url, "/v1/chat/completions", chat_body(messages=messages))
+    assert status == 200, payload
+    assert payload["usage"]["prompt_tokens"] == len("Be brief.") + len("hi")
 
 
 def test_body_over_limit_gets_413(url):
@@ -167,11 +185,11 @@ def test_completions_returns_text_choice(url):
 def test_vllm_backend_without_vllm_is_a_clear_error(capsys):
     import importlib.util
 
-    from llm_dojo.infer import serve
+    from llm_dojo.serve import cli
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
 
-    code = serve.main(["--model", "whatever", "--backend", "vllm"])
+    code = cli.main(["--model", "whatever", "--backend", "vllm"])
     assert code == 2
     assert "vllm" in capsys.readouterr().err

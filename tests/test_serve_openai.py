@@ -12,8 +12,9 @@ import torch
 
 openai = pytest.importorskip("openai")
 
-from llm_dojo.infer.serve import HFEngine, create_app, serve_in_background  # noqa: E402
 from llm_dojo.models.loading import load_for_inference  # noqa: E402
+from llm_dojo.serve.app import create_app, serve_in_background  # noqa: E402
+from llm_dojo.serve.engines import HFEngine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def engine(one_torch_thread):
     model, tokenizer = load_for_inference(MODEL_ID, dtype=torch.float32)
-    engine = HFEngine(model, tokenizer, MODEL_ID, max_batch_size=16)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")  # ChatML: the only id the template ends a turn with
+    engine = HFEngine(model, tokenizer, MODEL_ID, stop_ids=[end_of_turn], max_batch_size=16)
     yield engine
     engine.close()
 

@@ -130,6 +130,32 @@ def test_qwen25_default_system_prompt():
     )
 
 
+def test_qwen15_default_system_prompt_ends_with_a_period():
+    # Qwen's April 2024 update of the Qwen1.5-*-Chat tokenizer configs added the period; the older string lacks it.
+    assert get_template("qwen1.5").default_system == "You are a helpful assistant."
+    assert render("qwen1.5", ONE_TURN[:1], add_generation_prompt=True) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_qwen15_closes_every_turn_and_keeps_content_verbatim():
+    assert render("qwen1.5", [SYSTEM] + TWO_TURNS) == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n"
+        "<|im_start|>user\nHi there<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n 4 <|im_end|>\n"
+    )
+    assert render("qwen1.5", TWO_TURNS) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi there<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n 4 <|im_end|>\n"
+    )
+
+
 def test_llama3_header_format_and_trimmed_content():
     assert render("llama3", [SYSTEM] + TWO_TURNS, add_generation_prompt=False) == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>"

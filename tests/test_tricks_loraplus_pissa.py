@@ -1,4 +1,5 @@
-"""LoRA+ builds PEFT's exact optimizer groups; PiSSA starts from the base model's output with PEFT's A, B and residual."""
+"""LoRA+ builds PEFT's exact optimizer groups and they reach the Trainer's optimizer; PiSSA starts from the base
+model's output with PEFT's A, B and residual."""
 
 from __future__ import annotations
 
@@ -77,6 +78,83 @@ def test_loraplus_param_groups_put_b_at_ratio_times_lr():
 def test_loraplus_refuses_a_model_without_adapters():
     with pytest.raises(ValueError, match="inject_adapters"):
         create_loraplus_optimizer(tiny_llama(), lr=1e-3)
+
+
+# ---- LoRA+ reaches the Trainer's optimizer --------------------------------------------------------------------
+
+LORAPLUS_LR, LORAPLUS_RATIO = 1e-3, 16
+
+
+def one_trainer_step(tmp_path, model_dir: str, trick_impl: str, ratio):
+    """Build the model and optimizer as `dojo train` does, run one DojoTrainer step; return (trainer, ΔB by name)."""
+    from llm_dojo.config import load_config
+    from llm_dojo.models.adapters import build_optimizer, make_trainable
+    from llm_dojo.models.loading import load_model
+    from llm_dojo.recipes.trainer import DojoTrainer
+
+    settings = {"model_name_or_path": model_dir, "train_data_path": "unused.jsonl", "trick_impl": trick_impl,
+                "output_dir": str(tmp_path / f"{trick_impl}-{ratio}"), "learning_rate": LORAPLUS_LR,
+                "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0, "max_steps": 1,
+                "per_device_train_batch_size": 2, "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                "report_to": "none", "seed": 0}
+    if ratio is not None:
+        settings["loraplus_lr_ratio"] = ratio
+    config = load_config(None, [f"{k}={v}" for k, v in settings.items()])
+    torch.manual_seed(0)  # the same A matrices in the runs with and without LoRA+
+    model = make_trainable(load_model(model_dir, dtype=torch.float32), config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    assert before and all(b.abs().max() == 0 for b in before.values())  # B starts at zero: only B moves in step 1
+
+    ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    rows = [{"input_ids": i, "labels": l} for i, l in zip(ids, labels)]
+    trainer = DojoTrainer(model=model, args=config.training, train_dataset=rows,
+                          data_collator=lambda batch: {k: torch.stack([row[k] for row in batch]) for k in batch[0]},
+                          optimizers=(build_optimizer(model, config), None))
+    trainer.train()
+    after = dict(model.named_parameters())
+    return trainer, {n: (after[n] - b).detach() for n, b in before.items()}
+
+
+@pytest.mark.parametrize("trick_impl", ["peft", "dojo"])
+def test_loraplus_ratio_reaches_the_trainer_optimizer_and_b_moves_ratio_times_further(
+        tmp_path, tiny_model_dir, trick_impl):
+    model_dir = tiny_model_dir("llama")
+    trainer, plus_step = one_trainer_step(tmp_path, model_dir, trick_impl, LORAPLUS_RATIO)
+
+    # Every LoRA matrix is in exactly one group of the optimizer the Trainer stepped, at the LoRA+ learning rate.
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    lr_of = {}
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            assert names[id(p)] not in lr_of
+            lr_of[names[id(p)]] = group["lr"]
+    lora_a = [n for n in names.values() if "lora_A" in n]
+    lora_b = [n for n in names.values() if "lora_B" in n]
+    assert len(lora_a) == len(lora_b) == 2 * 7  # 2 layers × 7 linear layers (q k v o gate up down)
+    assert {lr_of[n] for n in lora_a} == {LORAPLUS_LR}
+    assert {lr_of[n] for n in lora_b} == {LORAPLUS_LR * LORAPLUS_RATIO}
+
+    # Adam's first step moves each weight by lr·g/(|g|+eps) ≈ lr: B moves ratio× as far as with one shared lr.
+    _, plain_step = one_trainer_step(tmp_path, model_dir, trick_impl, None)
+    plus = torch.cat([d.flatten() for d in plus_step.values()])
+    plain = torch.cat([d.flatten() for d in plain_step.values()])
+    assert plain.abs().max().item() == pytest.approx(LORAPLUS_LR, rel=1e-3)
+    assert plus.abs().max().item() == pytest.approx(LORAPLUS_LR * LORAPLUS_RATIO, rel=1e-3)
+    assert (plus.norm() / plain.norm()).item() == pytest.approx(LORAPLUS_RATIO, rel=1e-2)
+
+
+@pytest.mark.parametrize("trick_impl", ["peft", "dojo"])
+def test_loraplus_optimizer_applies_the_configured_weight_decay(trick_impl):
+    from llm_dojo.config import load_config
+    from llm_dojo.models.adapters import build_optimizer, make_trainable
+
+    config = load_config(None, ["train_data_path=unused.jsonl", f"trick_impl={trick_impl}", "loraplus_lr_ratio=16",
+                                "weight_decay=0.1", "learning_rate=1e-3", "report_to=none"])
+    optimizer = build_optimizer(make_trainable(tiny_llama(), config), config)
+    # groups: A, embedding, B, B without decay (biases and LayerNorm weights)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.1, 0.1, 0.0]
 
 
 @pytest.mark.parametrize("use_rslora", [False, True])

@@ -13,102 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-from llm_dojo.data.records import Conversation, DataError
+from llm_dojo.data.chat_format import ChatFormat
+from llm_dojo.data.records import Conversation
+from llm_dojo.data.sources import DataError
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-PROBE_TEXT = "Dojo-probe-7f3a9"  # a string no template contains, used to look at what follows an assistant turn
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """The chat template used for training and the text that ends an assistant turn (trained too)."""
-
-    name: str  # "auto" (the tokenizer's own) or a registry name
-    chat_template: str
-    terminator: Optional[str]
-    # Some templates (GLM-4) never write a terminator after the last assistant turn: the model stops by emitting
-    # the next turn's header. We then append the terminator to the training text so the model learns to stop.
-    append_terminator_at_end: bool = False
-
-
-def _registry_lookup(name: str):
-    from llm_dojo.templates.registry import get_template
-
-    return get_template(name)
-
-
-def _registry_match(chat_template: str):
-    """The registry entry whose official template string is exactly this one, if any."""
-    try:
-        from llm_dojo.templates.registry import get_template, template_names
-    except ImportError:  # registry not available: fall back to detection
-        return None
-    for name in template_names():
-        spec = get_template(name)
-        if spec.chat_template == chat_template:
-            return spec
-    return None
-
-
-def detect_terminator(tokenizer, chat_template: str) -> Optional[str]:
-    """Find the end-of-turn text by rendering a probe answer and reading the first special token after it."""
-    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": PROBE_TEXT}]
-    text = tokenizer.apply_chat_template(probe, tokenize=False, chat_template=chat_template)
-    tail = text[text.index(PROBE_TEXT) + len(PROBE_TEXT):]
-    specials = {t for t in getattr(tokenizer, "all_special_tokens", []) if t}
-    specials |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-    found = [(tail.find(tok), tok) for tok in specials if tok in tail]
-    if found:
-        position, token = min(found)
-        if tail[:position].strip() == "":
-            return token
-    return None
-
-
-def resolve_chat_format(tokenizer, template_name: str = "auto") -> ChatFormat:
-    """Pick the chat template (the tokenizer's own, or a registry entry) and its terminator."""
-    own = getattr(tokenizer, "chat_template", None)
-    if isinstance(own, dict):  # some tokenizers carry several named templates
-        own = own.get("default")
-    if template_name == "auto":
-        if not own:
-            raise DataError(
-                "the tokenizer has no chat template (a base model?): set template_name to a registry name "
-                "(see `dojo template list`)"
-            )
-        spec = _registry_match(own)
-        if spec is not None:
-            logger.info("tokenizer's chat template is the official '%s' template", spec.name)
-            return ChatFormat(spec.name, own, spec.terminator, _appends_terminator(tokenizer, own, spec.terminator))
-        terminator = detect_terminator(tokenizer, own) or tokenizer.eos_token
-        return ChatFormat("auto", own, terminator, _appends_terminator(tokenizer, own, terminator))
-    spec = _registry_lookup(template_name)
-    terminator_ids = tokenizer(spec.terminator, add_special_tokens=False)["input_ids"]
-    if len(terminator_ids) != 1:
-        logger.warning(
-            "terminator %r of template '%s' is %d tokens in this tokenizer, not one special token: the model can "
-            "learn to stop, but generation must stop on a string. Is this the right template for this model?",
-            spec.terminator, template_name, len(terminator_ids),
-        )
-    if own and own != spec.chat_template:
-        logger.warning(
-            "template_name '%s' differs from the tokenizer's own chat template: training text will not match what "
-            "this tokenizer renders at inference unless you save the registry template with the model (we do)",
-            template_name,
-        )
-    return ChatFormat(spec.name, spec.chat_template, spec.terminator,
-                      _appends_terminator(tokenizer, spec.chat_template, spec.terminator))
-
-
-def _appends_terminator(tokenizer, chat_template: str, terminator: Optional[str]) -> bool:
-    """True when the template leaves the last assistant turn without its terminator."""
-    if not terminator:
-        return False
-    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": PROBE_TEXT}]
-    text = tokenizer.apply_chat_template(probe, tokenize=False, chat_template=chat_template)
-    return terminator not in text[text.index(PROBE_TEXT):]
 
 
 def render_for_training(messages: list[dict], tokenizer, chat_format: ChatFormat, tools: Optional[list] = None) -> str:
@@ -153,6 +64,9 @@ def assistant_char_spans(text: str, messages: list[dict], chat_format: ChatForma
                 f"cannot find assistant text {message['content'][:40]!r} followed by terminator {terminator!r} in the "
                 f"rendered conversation (template '{chat_format.name}'): the template rewrites assistant content"
             )
+        prefix = chat_format.answer_prefix
+        if prefix and span[0] - len(prefix) >= cursor and text.startswith(prefix, span[0] - len(prefix)):
+            span = (span[0] - len(prefix), span[1])  # the model writes it after the generation prompt: train it
         spans.append(span)
         cursor = span[1]
     return spans

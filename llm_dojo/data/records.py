@@ -1,30 +1,31 @@
-"""Read training records from files and turn each into a checked conversation: a list of {role, content}.
+"""SFT records: each raw record (from `sources`) becomes a checked conversation, a list of {role, content}.
 
-The data's path starts here: `load_conversations` → (templates) `encode` → `pack`/`collate` → loss.
+The data's path: `sources.read_sources` → `to_conversation` (here) → `encode` → `batching` → loss.
 Every problem is reported with the file, the line (or record index) and the field, before any training starts.
 
 Accepted formats (detected per record unless `dataset_format` says otherwise):
-- alpaca:   {"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], ...]}
-- messages: {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}  (OpenAI style)
-- sharegpt: {"conversations": [{"from": "human"|"gpt"|"system"|"observation"|"function_call", "value": str}, ...]}
-            (or the same list with role/content keys)
+- alpaca:     {"instruction", "input"?, "output", "system"?, "history"?: [[user, assistant], ...]}
+- messages:   {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}  (OpenAI style;
+              content may also be a list of text parts, [{"type": "text", "text": str}, ...])
+- sharegpt:   {"conversations": [{"from": "human"|"gpt"|"system"|"observation"|"function_call", "value": str}, ...]}
+              (or the same list with role/content keys)
+- completion: {"prompt": str | messages, "completion": str | messages}  (TRL's prompt-completion format; a string
+              prompt is one user turn, a string completion one assistant turn)
+
+`check_messages` is THE message validator: training, `dojo generate`, `dojo chat` and `dojo serve` all use it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from llm_dojo.data.sources import MAX_RECORD_BYTES, DataError, LoadReport, read_sources  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-# A single record larger than this is almost certainly a broken file (e.g. a whole JSON array on one line).
-MAX_RECORD_BYTES = 4 * 1024 * 1024
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "system": "system",
@@ -38,10 +39,6 @@ SHAREGPT_ROLES = {
 }
 
 
-class DataError(ValueError):
-    """A malformed record or data file. The message names the file, the line and the field."""
-
-
 @dataclass
 class Conversation:
     """One training example: checked messages plus where it came from (for error messages and `dojo inspect`)."""
@@ -49,139 +46,6 @@ class Conversation:
     messages: list[dict]
     source: str  # "file.jsonl:12"
     tools: Optional[list] = None  # function definitions offered to the model (OpenAI format), if any
-
-
-@dataclass
-class LoadReport:
-    """What `load_conversations` read, kept and skipped (shown in logs and by `dojo inspect`)."""
-
-    records: int = 0
-    skipped: int = 0
-    skipped_reasons: dict[str, int] = field(default_factory=dict)
-    first_errors: list[str] = field(default_factory=list)
-
-    def skip(self, error: DataError) -> None:
-        self.skipped += 1
-        kind = str(error).split(": ", 2)[-1].split(" (")[0][:80]
-        self.skipped_reasons[kind] = self.skipped_reasons.get(kind, 0) + 1
-        if len(self.first_errors) < 5:
-            self.first_errors.append(str(error))
-
-
-HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
-
-
-def data_entries(path: str) -> list[str]:
-    """Split a data path into its comma-separated entries (each a file, a folder or a hub dataset name)."""
-    entries = [part.strip() for part in path.split(",") if part.strip()]
-    if not entries:
-        raise DataError(f"no data files in '{path}'")
-    return entries
-
-
-def entry_files(entry: str) -> list[Path]:
-    """The data files of one local entry (a file, or every data file under a folder)."""
-    candidate = Path(entry).expanduser()
-    if candidate.is_dir():
-        found = sorted(f for f in candidate.rglob("*") if f.suffix in DATA_SUFFIXES and f.is_file())
-        if not found:
-            raise DataError(f"{candidate}: folder has no {'/'.join(DATA_SUFFIXES)} files")
-        return found
-    if candidate.is_file():
-        if candidate.suffix not in DATA_SUFFIXES:
-            raise DataError(f"{candidate}: unsupported file type '{candidate.suffix}' (use .jsonl, .json or .parquet)")
-        return [candidate]
-    raise DataError(f"{candidate}: data file not found")
-
-
-def iter_entry_records(entry: str) -> Iterator[tuple[str, Any]]:
-    """Records of one entry: local files, or a `datasets` hub dataset ('org/name' or 'org/name:split') when online."""
-    local = Path(entry).expanduser()
-    if not local.exists() and HUB_NAME.match(entry):
-        name, _, split = entry.partition(":")
-        try:
-            import datasets
-
-            rows = datasets.load_dataset(name, split=split or "train")
-        except Exception as err:  # noqa: BLE001 - any hub/network failure becomes one clear data error
-            raise DataError(f"{entry}: not a local path, and loading it as a hub dataset failed: {err}") from None
-        for index, row in enumerate(rows, start=1):
-            yield f"{entry}[row {index}]", row
-        return
-    for file in entry_files(entry):
-        yield from iter_raw_records(file)
-
-
-def parse_ratios(ratios: Optional[str], count: int) -> list[float]:
-    """`train_data_ratios` ('1,0.5'): one non-negative factor per data entry; None means all 1."""
-    if ratios in (None, ""):
-        return [1.0] * count
-    try:
-        values = [float(v) for v in str(ratios).split(",")]
-    except ValueError:
-        raise DataError(f"train_data_ratios '{ratios}': expected comma-separated numbers, e.g. 1,0.5") from None
-    if len(values) != count or any(v < 0 for v in values):
-        raise DataError(
-            f"train_data_ratios '{ratios}': need {count} non-negative number(s), one per train_data_path entry"
-        )
-    return values
-
-
-def apply_ratio(conversations: list[Conversation], ratio: float, seed: int) -> list[Conversation]:
-    """Down-sample (ratio < 1) or repeat (ratio > 1) one source, deterministically, to mix datasets."""
-    if ratio == 1.0 or not conversations:
-        return conversations
-    target = round(len(conversations) * ratio)
-    whole, rest = divmod(target, len(conversations))
-    shuffled = conversations[:]
-    random.Random(seed).shuffle(shuffled)
-    return conversations * whole + shuffled[:rest]
-
-
-def iter_raw_records(file: Path) -> Iterator[tuple[str, Any]]:
-    """Yield (location, parsed JSON value or DataError) for each record of one file."""
-    if file.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for index, row in enumerate(pq.read_table(file).to_pylist(), start=1):
-            yield f"{file}:row {index}", row
-        return
-    if file.suffix == ".json":
-        text = _read_text(file, f"{file}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{file}:{err.lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(value, list):
-            raise DataError(f"{file}: a .json data file must hold a list of records, got {type(value).__name__}")
-        for index, record in enumerate(value, start=1):
-            yield f"{file}:record {index}", record
-        return
-    with open(file, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            where = f"{file}:{line_number}"
-            if len(raw) > MAX_RECORD_BYTES:
-                yield where, DataError(f"{where}: line is {len(raw):,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield where, DataError(f"{where}: invalid UTF-8 at byte {err.start} (re-save the file as UTF-8)")
-                continue
-            if not line.strip():
-                continue  # blank lines are common at the end of jsonl files
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
-
-
-def _read_text(file: Path, where: str) -> str:
-    raw = file.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{where}: invalid UTF-8 at byte {err.start} (re-save the file as UTF-8)") from None
 
 
 def detect_format(record: dict) -> Optional[str]:
@@ -192,6 +56,8 @@ def detect_format(record: dict) -> Optional[str]:
         return "sharegpt"
     if "instruction" in record or "output" in record:
         return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "completion"
     return None
 
 
@@ -235,6 +101,26 @@ def alpaca_to_messages(record: dict, where: str) -> list[dict]:
     return messages
 
 
+def content_text(content: Any, where: str, name: str) -> Any:
+    """OpenAI content parts ([{"type": "text", "text": ...}, ...]) joined into one string; other values unchanged."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise DataError(f"{where}: field '{name}' must be a string or a list of text parts "
+                            f"[{{\"type\": \"text\", \"text\": ...}}]; item {index} is {kind!r} "
+                            f"(images and audio are not supported)")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def check_messages(turns: Any, where: str, list_name: str = "messages", sharegpt: bool = False) -> list[dict]:
+    """A messages / conversations list → checked messages with standard role names (THE message validator)."""
+    return list_to_messages(turns, where, list_name, sharegpt)
+
+
 def list_to_messages(turns: Any, where: str, list_name: str, sharegpt: bool) -> list[dict]:
     """A messages / conversations list → checked messages with standard role names."""
     if not isinstance(turns, list):
@@ -258,7 +144,7 @@ def list_to_messages(turns: Any, where: str, list_name: str, sharegpt: bool) -> 
             raise DataError(f"{where}: field '{name}.{role_key}' has unknown role '{role}' (accepted: {', '.join(accepted)})")
         if not sharegpt and mapped == "assistant" and turn.get("tool_calls") is not None:
             # An assistant turn that calls tools may have no text; the calls are what gets trained.
-            content = turn.get("content") or ""
+            content = content_text(turn.get("content") or "", where, f"{name}.content")
             if not isinstance(content, str):
                 raise DataError(f"{where}: field '{name}.content' must be a string, got {type(content).__name__}")
             messages.append({"role": "assistant", "content": content,
@@ -266,7 +152,8 @@ def list_to_messages(turns: Any, where: str, list_name: str, sharegpt: bool) -> 
             continue
         if content_key not in turn:
             raise DataError(f"{where}: field '{name}.{content_key}' is missing")
-        content = _text(turn[content_key], where, f"{name}.{content_key}")
+        content = _text(content_text(turn[content_key], where, f"{name}.{content_key}"), where,
+                        f"{name}.{content_key}")
         message = {"role": mapped, "content": content}
         if mapped == "tool":  # keep the ids/names templates use to pair a result with its call
             message.update({k: turn[k] for k in ("tool_call_id", "name") if isinstance(turn.get(k), str)})
@@ -299,8 +186,12 @@ def check_tool_calls(calls: Any, where: str, name: str) -> list[dict]:
     return checked
 
 
-def check_turn_order(messages: list[dict], where: str) -> None:
-    """System first (optional), then user/assistant alternating (tool results after an assistant), ending with an assistant."""
+def check_turn_order(messages: list[dict], where: str, ends_with: str = "assistant") -> None:
+    """System first (optional), then user/assistant alternating (tool results after an assistant).
+
+    `ends_with="assistant"`: a training conversation (something to train); `"user"`: a prompt the model answers
+    (a user or tool turn last, as chat, generate and serve send it).
+    """
     body = messages
     if body and body[0]["role"] == "system":
         body = body[1:]
@@ -320,14 +211,29 @@ def check_turn_order(messages: list[dict], where: str) -> None:
                 f"{where}: field 'role': turns must alternate user/assistant, but '{role}' follows '{previous}'"
             )
         previous = role
-    if previous != "assistant":
+    if ends_with == "assistant" and previous != "assistant":
         raise DataError(f"{where}: field 'role': the conversation must end with an assistant turn (nothing to train)")
+    if ends_with == "user" and previous == "assistant":
+        raise DataError(f"{where}: field 'role': a prompt must end with a user (or tool) turn, not an assistant turn")
+
+
+def completion_to_messages(record: dict, where: str) -> list[dict]:
+    """TRL's {"prompt", "completion"}: each a string (one user / one assistant turn) or a list of messages."""
+    prompt, completion = record["prompt"], record["completion"]
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": _text(prompt, where, "prompt")}]
+    else:
+        messages = check_messages(prompt, where, "prompt")
+    if isinstance(completion, str):
+        return messages + [{"role": "assistant", "content": _text(completion, where, "completion")}]
+    answers = check_messages(completion, where, "completion")
+    if any(m["role"] != "assistant" for m in answers):
+        raise DataError(f"{where}: field 'completion' may only hold assistant messages")
+    return messages + answers
 
 
 def to_conversation(record: Any, where: str, dataset_format: str = "auto") -> Conversation:
     """Check one parsed record and convert it to a Conversation, or raise DataError."""
-    if isinstance(record, DataError):
-        raise record
     if not isinstance(record, dict):
         raise DataError(f"{where}: each record must be a JSON object, got {type(record).__name__}")
     kind = detect_format(record) if dataset_format == "auto" else dataset_format
@@ -335,27 +241,58 @@ def to_conversation(record: Any, where: str, dataset_format: str = "auto") -> Co
         keys = ", ".join(sorted(record)) or "none"
         raise DataError(
             f"{where}: unknown record format (keys: {keys}); expected 'messages', 'conversations', "
-            f"or 'instruction' + 'output'"
+            f"'instruction' + 'output', or 'prompt' + 'completion'"
         )
     if kind == "alpaca":
         messages = alpaca_to_messages(record, where)
     elif kind == "messages":
         if "messages" not in record:
             raise DataError(f"{where}: field 'messages' is missing (dataset_format is 'messages')")
-        messages = list_to_messages(record["messages"], where, "messages", sharegpt=False)
+        messages = check_messages(record["messages"], where, "messages")
     elif kind == "sharegpt":
         if "conversations" not in record:
             raise DataError(f"{where}: field 'conversations' is missing (dataset_format is 'sharegpt')")
-        messages = list_to_messages(record["conversations"], where, "conversations", sharegpt=True)
+        messages = check_messages(record["conversations"], where, "conversations", sharegpt=True)
         if record.get("system") is not None and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": _text(record["system"], where, "system")})
+    elif kind == "completion":
+        for name in ("prompt", "completion"):
+            if name not in record:
+                raise DataError(f"{where}: field '{name}' is missing (prompt-completion records need both)")
+        messages = completion_to_messages(record, where)
     else:
-        raise DataError(f"{where}: unknown dataset_format '{kind}' (accepted: auto, alpaca, sharegpt, messages)")
+        raise DataError(f"{where}: unknown dataset_format '{kind}' (accepted: auto, alpaca, sharegpt, messages, "
+                        f"completion)")
     check_turn_order(messages, where)
     tools = record.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise DataError(f"{where}: field 'tools' must be a list of function definitions (objects)")
     return Conversation(messages=messages, source=where, tools=tools or None)
+
+
+def prompt_messages(record: Any, where: str) -> list[dict]:
+    """A prompt record for inference → messages ending with a user turn.
+
+    Accepts {"messages": [...]}, {"prompt": str | messages} and {"instruction", "input"?} (joined as in training).
+    """
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        messages = check_messages(record["messages"], where, "messages")
+    elif "prompt" in record:
+        prompt = record["prompt"]
+        if isinstance(prompt, str):
+            messages = [{"role": "user", "content": _text(prompt, where, "prompt")}]
+        else:
+            messages = check_messages(prompt, where, "prompt")
+    elif "instruction" in record:
+        instruction = _text(record["instruction"], where, "instruction")
+        extra_input = _text(record.get("input") or "", where, "input", allow_empty=True)
+        messages = [{"role": "user", "content": alpaca_user_text(instruction, extra_input)}]
+    else:
+        raise DataError(f"{where}: no 'prompt', 'instruction' or 'messages' field (fields present: {sorted(record)})")
+    check_turn_order(messages, where, ends_with="user")
+    return messages
 
 
 def load_conversations(
@@ -366,31 +303,6 @@ def load_conversations(
     ratios: Optional[str] = None,
     seed: int = 0,
 ) -> tuple[list[Conversation], LoadReport]:
-    """Read every record of `path`, check it, and return the conversations with a report.
-
-    With skip_invalid false (the default) the first bad record raises DataError; with it true, bad records are
-    skipped and counted. `ratios` mixes several comma-separated sources (see `apply_ratio`). A data path with no
-    usable record is always an error.
-    """
-    entries = data_entries(path)
-    factors = parse_ratios(ratios, len(entries))
-    conversations: list[Conversation] = []
-    report = LoadReport()
-    for entry, factor in zip(entries, factors):
-        from_entry: list[Conversation] = []
-        for where, record in iter_entry_records(entry):
-            report.records += 1
-            try:
-                from_entry.append(to_conversation(record, where, dataset_format))
-            except DataError as err:
-                if not skip_invalid:
-                    raise
-                report.skip(err)
-        conversations += apply_ratio(from_entry, factor, seed)
-    if max_samples is not None:
-        conversations = conversations[:max_samples]
-    if report.skipped:
-        logger.warning("skipped %d invalid record(s) of %d: %s", report.skipped, report.records, report.skipped_reasons)
-    if not conversations:
-        raise DataError(f"{path}: no usable record (read {report.records}, skipped {report.skipped})")
-    return conversations, report
+    """Read every record of `path` (see `sources.read_sources`) and check each as an SFT conversation."""
+    return read_sources(path, lambda record, where: to_conversation(record, where, dataset_format),
+                        skip_invalid=skip_invalid, max_samples=max_samples, ratios=ratios, seed=seed)

@@ -1,2 +1,2 @@
 """Use a fine-tuned model: `dojo chat` (chat.py), `dojo generate` (generate.py), `dojo merge` (merge.py) and
-`dojo serve` (serve.py). Prompt building, stop tokens and sampling settings they share live in common.py."""
+`dojo serve` (the llm_dojo.serve package). Prompt building, stop tokens and sampling settings they share live in common.py."""

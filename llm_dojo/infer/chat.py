@@ -41,11 +41,12 @@ class ChatSession:
     """A conversation with one model: the message history, the system prompt and the sampling settings."""
 
     def __init__(self, model, tokenizer, *, system: Optional[str] = None, temperature: float = 0.0,
-                 top_p: float = 1.0, max_new_tokens: int = 512):
+                 top_p: float = 1.0, max_new_tokens: int = 512, stop_ids: Optional[list[int]] = None):
         self.model, self.tokenizer = model, tokenizer
         self.system = system
         self.history: list[Message] = []
-        self.stop_ids = stop_token_ids(tokenizer, model)
+        # The ids saved with the adapter's chat format (load_from_args); else resolved from the tokenizer's template.
+        self.stop_ids = stop_ids or stop_token_ids(tokenizer, model)
         self.config = generation_config(self.stop_ids, pad_token_id(tokenizer), max_new_tokens=max_new_tokens,
                                         temperature=temperature, top_p=top_p)
 
@@ -129,9 +130,9 @@ def main(argv: list[str]) -> int:
     temperature = args.temperature
     if temperature is None:
         temperature = 0.0 if args.prompt is not None else DEFAULT_CHAT_TEMPERATURE
-    model, tokenizer = load_from_args(args)
-    session = ChatSession(model, tokenizer, system=args.system, temperature=temperature, top_p=args.top_p,
-                          max_new_tokens=args.max_new_tokens)
+    loaded = load_from_args(args)
+    session = ChatSession(loaded.model, loaded.tokenizer, system=args.system, temperature=temperature,
+                          top_p=args.top_p, max_new_tokens=args.max_new_tokens, stop_ids=loaded.stop_ids)
     if args.prompt is not None:
         write(session.reply(args.prompt) + "\n")
         return 0

@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from llm_dojo.data.records import alpaca_user_text
+from llm_dojo.data.chat_format import ChatFormat, chat_format_for_inference, resolve_chat_format
+from llm_dojo.data.records import prompt_messages
+from llm_dojo.models.loading import trained_in_4bit
 
 logger = logging.getLogger(__name__)
-
-# End-of-turn markers of the common chat template families. A marker counts only if the template actually prints it
-# and the tokenizer knows it as one token, so listing a foreign family's marker here is harmless.
-END_OF_TURN_MARKERS = (
-    "<|im_end|>",  # ChatML: Qwen, SmolLM, Yi, …
-    "<|eot_id|>",  # Llama 3
-    "<|eom_id|>",  # Llama 3.1 tool calls
-    "<end_of_turn>",  # Gemma
-    "<|end|>",  # Phi-3
-    "<|endoftext|>",  # Phi-3 / Qwen base
-    "</s>",  # Llama 2, Mistral
-    "<|end_of_text|>",  # Llama 3 base
-)
 
 Message = dict[str, str]
 
@@ -46,24 +35,18 @@ def _as_id_list(value: Any) -> list[int]:
     return [int(value)]
 
 
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end an assistant turn: eos ids (tokenizer + generation_config) plus the template's terminator."""
-    ids = _as_id_list(tokenizer.eos_token_id)
+def stop_token_ids(tokenizer, model=None, chat_format: Optional[ChatFormat] = None) -> list[int]:
+    """Token ids that end an assistant turn: the chat format's stop tokens plus the model's own generation eos.
+
+    The chat format is the one saved with the adapter/model (see data/chat_format.py); without one it is resolved
+    from the tokenizer's template exactly as training resolves it, so training and inference share one rule.
+    """
+    chat_format = chat_format or resolve_chat_format(tokenizer, "auto")
+    ids = chat_format.stop_token_ids(tokenizer)
     generation_config = getattr(model, "generation_config", None) if model is not None else None
     if generation_config is not None:
         ids += _as_id_list(generation_config.eos_token_id)
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    for marker in END_OF_TURN_MARKERS:
-        if marker not in template:
-            continue
-        marker_ids = tokenizer.convert_tokens_to_ids([marker])
-        if marker_ids and marker_ids[0] is not None and marker_ids[0] != tokenizer.unk_token_id:
-            ids.append(int(marker_ids[0]))
-    unique = sorted(set(ids))
-    if not unique:
-        raise ValueError("the tokenizer has no eos token and its chat template no known end-of-turn marker; "
-                         "set eos_token in tokenizer_config.json")
-    return unique
+    return sorted(set(ids))
 
 
 def pad_token_id(tokenizer) -> int:
@@ -77,45 +60,8 @@ def pad_token_id(tokenizer) -> int:
 
 
 def record_to_messages(record: Any, where: str = "input") -> list[Message]:
-    """Turn one input record ({"prompt"}, {"instruction", "input"} or {"messages"}) into chat messages."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if "messages" in record:
-        return validate_messages(record["messages"], where=f"{where}, field 'messages'")
-    if "prompt" in record:
-        prompt = record["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{where}, field 'prompt': expected a non-empty string, got {prompt!r:.80}")
-        return [{"role": "user", "content": prompt}]
-    if "instruction" in record:
-        instruction, extra = record["instruction"], record.get("input", "")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError(f"{where}, field 'instruction': expected a non-empty string, got {instruction!r:.80}")
-        if extra is None:
-            extra = ""
-        if not isinstance(extra, str):
-            raise ValueError(f"{where}, field 'input': expected a string, got {type(extra).__name__}")
-        # The same joining as in training, so a prompt looks exactly like the training data.
-        content = alpaca_user_text(instruction, extra)
-        return [{"role": "user", "content": content}]
-    raise ValueError(f"{where}: no 'prompt', 'instruction' or 'messages' field (fields present: {sorted(record)})")
-
-
-def validate_messages(messages: Any, where: str = "messages") -> list[Message]:
-    """Check a list of {"role", "content"} messages that ends with a user (or system/tool) turn."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where}: expected a non-empty list of {{'role', 'content'}} objects")
-    clean = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ValueError(f"{where}[{i}]: expected an object, got {type(message).__name__}")
-        role, content = message.get("role"), message.get("content")
-        if role not in ("system", "user", "assistant", "tool"):
-            raise ValueError(f"{where}[{i}].role: expected system/user/assistant/tool, got {role!r}")
-        if not isinstance(content, str):
-            raise ValueError(f"{where}[{i}].content: expected a string, got {type(content).__name__}")
-        clean.append({"role": role, "content": content})
-    return clean
+    """One input record ({"prompt"}, {"instruction", "input"} or {"messages"}) → chat messages ending with a user turn."""
+    return prompt_messages(record, where)
 
 
 def with_system(messages: list[Message], system: Optional[str]) -> list[Message]:
@@ -241,27 +187,6 @@ class RowStreamer:
         pass
 
 
-class CancelRows:
-    """Stopping criterion: ends a row once `should_stop(row)` says so (cancelled request, or its own token limit)."""
-
-    def __init__(self, should_stop: Callable[[int], bool]):
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        done = [self.should_stop(row) for row in range(input_ids.shape[0])]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class StopOnEvent:
-    """Stopping criterion that ends generation for every row once `event` is set (Ctrl-C in `dojo chat`)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 # --------------------------------------------------------------------------------------------------- CLI pieces
 
 
@@ -271,7 +196,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                         help="base model: hub id, local folder or 'smollm2-135m-instruct' (default: the adapter's base)")
     parser.add_argument("--adapter", help="LoRA/DoRA/QLoRA adapter folder written by `dojo train`")
     parser.add_argument("--dtype", default="auto", help="fp32 | bf16 | fp16 | auto (bf16 on a capable GPU, else fp32)")
-    parser.add_argument("--load-in-4bit", action="store_true", help="load the base in 4-bit NF4 (as in QLoRA training)")
+    parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                        help="load the base in 4-bit NF4 (default: as the adapter was trained, i.e. on for QLoRA "
+                             "adapters; --no-load-in-4bit forces full precision)")
     parser.add_argument("--trust-remote-code", action="store_true")
 
 
@@ -282,16 +209,56 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, temperature: Opti
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
 
 
-def load_from_args(args: argparse.Namespace):
-    """(model, tokenizer) for the model arguments added by add_model_arguments."""
-    from llm_dojo.models.loading import load_for_inference, parse_dtype
+@dataclass
+class LoadedModel:
+    """What chat, generate and serve need: the model (None when only the tokenizer was asked for), its tokenizer,
+    the chat format it was trained with, and the token ids that end a turn."""
+
+    model: Any
+    tokenizer: Any
+    chat_format: ChatFormat
+    stop_ids: list[int]
+    base: str  # the base model: a local folder or a hub id
+    load_in_4bit: bool
+
+
+def decide_4bit(requested: Optional[bool], adapter: Optional[str]) -> bool:
+    """Load the base the way the adapter was trained (4-bit for QLoRA) unless the user said otherwise; log which."""
+    evidence = trained_in_4bit(adapter)
+    if requested is None:
+        if evidence:
+            logger.info("loading the base in 4-bit NF4, as the adapter was trained (%s); --no-load-in-4bit to "
+                        "override", evidence)
+        return bool(evidence)
+    if evidence and not requested:
+        logger.warning("the adapter was trained on a 4-bit base (%s) but --no-load-in-4bit loads it in full "
+                       "precision: answers can differ from what training saw", evidence)
+    elif requested and adapter and not evidence:
+        logger.info("loading the base in 4-bit NF4 (--load-in-4bit)")
+    return bool(requested)
+
+
+def load_from_args(args: argparse.Namespace, *, weights: bool = True) -> LoadedModel:
+    """Model, tokenizer, chat format and stop ids for the arguments of add_model_arguments (weights=False: no model)."""
+    from llm_dojo.models.embedded import resolve_model_path
+    from llm_dojo.models.loading import (load_model, load_tokenizer, parse_dtype, read_adapter_base,
+                                         tokenizer_source)
 
     if args.model is None and args.adapter is None:
         raise SystemExit("give --model, --adapter, or both")
-    return load_for_inference(
-        args.model,
-        args.adapter,
-        dtype=parse_dtype(args.dtype),
-        load_in_4bit=args.load_in_4bit,
-        trust_remote_code=args.trust_remote_code,
-    )
+    base = args.model or read_adapter_base(args.adapter)
+    load_in_4bit = decide_4bit(args.load_in_4bit, args.adapter)
+    tokenizer = load_tokenizer(tokenizer_source(base, args.adapter), trust_remote_code=args.trust_remote_code)
+    chat_format = chat_format_for_inference(tokenizer, args.adapter, resolve_model_path(base))
+    model = None
+    if weights:
+        model = load_model(base, load_in_4bit=load_in_4bit, dtype=parse_dtype(args.dtype),
+                           trust_remote_code=args.trust_remote_code)
+        if args.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, args.adapter)
+        model.eval()
+    stop_ids = stop_token_ids(tokenizer, model, chat_format)
+    logger.info("chat format '%s': a turn ends at %s", chat_format.name, tokenizer.convert_ids_to_tokens(stop_ids))
+    return LoadedModel(model, tokenizer, chat_format, stop_ids, resolve_model_path(base), load_in_4bit)

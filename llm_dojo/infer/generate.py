@@ -42,7 +42,7 @@ def read_records(path: Path) -> list[tuple[dict[str, Any], list[dict[str, str]]]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
     records = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: a leading BOM (Windows tools) is not data
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -97,14 +97,14 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], config, stop_ids:
 
 def run(model, tokenizer, input_path: Path, output_path: Path, *, batch_size: int = 8, max_new_tokens: int = 512,
         temperature: float = 0.0, top_p: float = 1.0, system: Optional[str] = None,
-        records: Optional[list] = None) -> int:
+        records: Optional[list] = None, stop_ids: Optional[list[int]] = None) -> int:
     """Generate the missing answers of `input_path` into `output_path`; returns how many were written."""
     records = records if records is not None else read_records(input_path)
     done = count_done(output_path, records)
     todo = records[done:]
     if done:
         logger.info("%s already holds %d of %d answers; generating the remaining %d", output_path, done, len(records), len(todo))
-    stop_ids = stop_token_ids(tokenizer, model)
+    stop_ids = stop_ids or stop_token_ids(tokenizer, model)
     config = generation_config(stop_ids, pad_token_id(tokenizer), max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,9 +147,9 @@ def main(argv: list[str]) -> int:
     if done == len(records):
         logger.info("%s already holds all %d answers; nothing to do", args.output, done)
         return 0
-    model, tokenizer = load_from_args(args)
-    written = run(model, tokenizer, args.input, args.output, batch_size=args.batch_size,
+    loaded = load_from_args(args)
+    written = run(loaded.model, loaded.tokenizer, args.input, args.output, batch_size=args.batch_size,
                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                  system=args.system, records=records)
+                  system=args.system, records=records, stop_ids=loaded.stop_ids)
     logger.info("wrote %d answers to %s", written, args.output)
     return 0

@@ -101,7 +101,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig):
 
     return create_loraplus_optimizer(
         model, optimizer_cls=torch.optim.AdamW, lr=args.learning_rate, loraplus_lr_ratio=ratio,
-        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+        # PEFT takes each group's decay from loraplus_weight_decay (default 0.0), not from weight_decay.
+        loraplus_weight_decay=args.weight_decay, weight_decay=args.weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -84,12 +85,11 @@ def find_linear_targets(model: nn.Module) -> list[str]:
     """Names (last component) of every linear layer except the output head — the LoRA targets by default."""
     output_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     linear_types: tuple[type, ...] = (nn.Linear,)
-    try:  # 4-bit layers are not nn.Linear subclasses in every bitsandbytes version
-        import bitsandbytes as bnb
-
+    # 4-bit layers are not nn.Linear subclasses in every bitsandbytes version. A quantised model has already
+    # imported bitsandbytes; importing it here for any other model would only print its kernel warning.
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is not None:
         linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    except Exception:  # noqa: BLE001 - bitsandbytes is optional for plain LoRA
-        pass
     names = set()
     for full_name, module in model.named_modules():
         if isinstance(module, linear_types) and module is not output_head:
@@ -107,6 +107,49 @@ def read_adapter_base(adapter_dir: str) -> str:
     return json.loads(config_path.read_text())["base_model_name_or_path"]
 
 
+def tokenizer_source(model_name_or_path: str, adapter: Optional[str] = None) -> str:
+    """Where to load the tokenizer from: an adapter folder that carries one (as `dojo train` writes), else the model."""
+    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+        return adapter
+    return model_name_or_path
+
+
+def trained_in_4bit(adapter: Optional[str]) -> Optional[str]:
+    """Why an adapter looks trained on a 4-bit base (a sentence for the log), or None.
+
+    `dojo train` writes `dojo_config.yaml` with `train_mode` next to the adapter; `load_in_4bit: true` in a
+    training config (other tools) counts too.
+    """
+    if not adapter:
+        return None
+    for name in ("dojo_config.yaml", "dojo_config.json", "training_config.json", "training_config.yaml"):
+        path = Path(adapter) / name
+        if not path.is_file():
+            continue
+        import yaml  # JSON is YAML too
+
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if "qlora" in _values_of(config, "train_mode"):
+            return f"{path} says train_mode: qlora"
+        if True in _values_of(config, "load_in_4bit"):
+            return f"{path} says load_in_4bit: true"
+    return None
+
+
+def _values_of(data, key: str) -> list:
+    """Every value stored under `key` anywhere in nested dicts/lists."""
+    found = []
+    if isinstance(data, dict):
+        for name, value in data.items():
+            if name == key:
+                found.append(value)
+            found += _values_of(value, key)
+    elif isinstance(data, list):
+        for value in data:
+            found += _values_of(value, key)
+    return found
+
+
 def load_for_inference(
     model_name_or_path: Optional[str] = None,
     adapter: Optional[str] = None,
@@ -120,9 +163,7 @@ def load_for_inference(
         if adapter is None:
             raise ValueError("give --model, --adapter, or both")
         model_name_or_path = read_adapter_base(adapter)
-    # An adapter folder written by `dojo train` carries the tokenizer and chat template used in training.
-    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else model_name_or_path
-    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(tokenizer_source(model_name_or_path, adapter), trust_remote_code=trust_remote_code)
     model = load_model(model_name_or_path, load_in_4bit=load_in_4bit, dtype=dtype, trust_remote_code=trust_remote_code)
     if adapter:
         from peft import PeftModel

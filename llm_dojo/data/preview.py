@@ -1,5 +1,7 @@
 """`dojo inspect CONFIG [key=value ...]`: look at what the model will be trained on, before training it.
 
+(The module is called preview, not inspect, so that it does not shadow the standard library's `inspect`.)
+
 Shows N encoded samples exactly as rendered by the chat template, with the trained tokens highlighted
 (green in a terminal; [[…]] brackets without colour), and dataset statistics. `--json` prints token ids,
 token texts and labels for machines.
@@ -12,9 +14,9 @@ import json
 import sys
 
 from llm_dojo.config import ConfigError, load_config
-from llm_dojo.data.encode import (IGNORE_INDEX, EncodedSample, encode_dataset, render_for_training,
-                                  resolve_chat_format)
-from llm_dojo.data.records import DataError, load_conversations
+from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample, render_for_training
+from llm_dojo.data.prepare import prepare_sft_data
+from llm_dojo.data.sources import DataError
 from llm_dojo.models.loading import load_tokenizer
 
 TRAINED_ON = "\033[30;42m"  # black on green
@@ -43,6 +45,7 @@ def highlight(text: str, offsets: list[tuple[int, int]], labels: list[int], colo
 
 
 def sample_json(tokenizer, sample: EncodedSample) -> dict:
+    """One sample for `--json`: ids, token strings, labels and the decoded trained text."""
     return {
         "source": sample.source,
         "input_ids": sample.input_ids,
@@ -53,6 +56,7 @@ def sample_json(tokenizer, sample: EncodedSample) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    """Entry point of `dojo inspect`."""
     parser = argparse.ArgumentParser(prog="dojo inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="training config YAML (the same file `dojo train` takes)")
@@ -66,16 +70,14 @@ def main(argv: list[str]) -> int:
     overrides = ([args.config] if args.config and not config_path else []) + args.overrides
     try:
         config = load_config(config_path, overrides)
-        data = config.data
         tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
-        chat_format = resolve_chat_format(tokenizer, data.template_name)
-        conversations, report = load_conversations(data.train_data_path, data.dataset_format, data.skip_invalid,
-                                                   data.max_samples, data.train_data_ratios, config.training.seed)
-        samples, stats = encode_dataset(conversations, tokenizer, chat_format, data.max_len, data.mask_history)
+        prepared = prepare_sft_data(config.data, tokenizer, config.training.seed, with_eval=False)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"dojo inspect: error: {err}", file=sys.stderr)
         return 2
 
+    chat_format, conversations, report = prepared.chat_format, prepared.conversations, prepared.report
+    samples, stats = prepared.train, prepared.stats
     statistics = {
         "records": report.records, "skipped_invalid": report.skipped, "samples": stats.samples,
         "tokens": stats.tokens, "trained_tokens": stats.trained_tokens,
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> int:
         "length_p10": stats.percentile(10), "length_p50": stats.percentile(50), "length_p90": stats.percentile(90),
         "length_max": max(stats.lengths, default=0), "truncated": stats.truncated,
         "dropped_no_label": stats.dropped_no_label, "template": chat_format.name,
-        "terminator": chat_format.terminator,
+        "terminator": chat_format.terminator, "stop_tokens": list(chat_format.stop_tokens),
     }
     shown = samples[: max(0, args.num_samples)]
     if args.json:
