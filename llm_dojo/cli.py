@@ -38,6 +38,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"dojo: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # bitsandbytes is imported by peft, which transformers imports for TrainingArguments, so every command would
+    # start with its warning that the optional `kernels` package (faster 4-bit matmuls on a CPU) is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)
 

@@ -1,7 +1,7 @@
 """`dojo chat`: talk to a model (optionally with an adapter) in the terminal, token by token.
 
-    dojo chat --model smollm2-135m-instruct [--adapter outputs/run/adapter] [--system "You are terse."]
-    dojo chat --adapter outputs/run/adapter --prompt "Who are you?"      # one answer on stdout, then exit
+    dojo chat --model smollm2-135m-instruct [--adapter outputs/run] [--system "You are terse."]
+    dojo chat --adapter outputs/run --prompt "Who are you?"      # one answer on stdout, then exit
 
 In the conversation: `/reset` starts over, `/system TEXT` sets the system prompt (`/system` alone restores the
 template's default), `/exit` (or Ctrl-D, or Ctrl-C at the prompt) leaves. Ctrl-C while the model is answering

@@ -1,6 +1,6 @@
 """`dojo generate`: answer every prompt of a jsonl file, in batches, and write the answers to another jsonl file.
 
-    dojo generate --adapter outputs/run/adapter --input prompts.jsonl --output answers.jsonl --batch-size 8
+    dojo generate --adapter outputs/run --input prompts.jsonl --output answers.jsonl --batch-size 8
 
 Each input line is one of `{"prompt": ...}`, `{"instruction": ..., "input": ...}` or `{"messages": [...]}`
 (blank lines are skipped). Each output line is the input object with an added `"answer"`, in input order.

@@ -1,6 +1,6 @@
 """`dojo serve`: an OpenAI-compatible HTTP server for a model (optionally with an adapter).
 
-    dojo serve --adapter outputs/run/adapter [--port 8000] [--api-key KEY] [--max-batch-size 8]
+    dojo serve --adapter outputs/run [--port 8000] [--api-key KEY] [--max-batch-size 8]
 
 Endpoints: POST /v1/chat/completions (streaming with `"stream": true`), POST /v1/completions (raw prompt, no chat
 template), GET /v1/models, GET /health. Any OpenAI client works:
