@@ -18,18 +18,11 @@ import torch
 from llm_dojo.infer import merge
 from llm_dojo.models.loading import load_model, load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODEL = "smollm2-135m-instruct"
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 TIGHT, LOOSE = 1e-3, 1e-2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads that wait on each other run several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +60,7 @@ def make_adapter(base, folder: Path, tokenizer, *, use_dora: bool = False, seed:
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, tokenizer, prompt_ids):
+def adapters(tmp_path_factory, tokenizer, prompt_ids, one_torch_thread):
     """Three adapters and reference logits of base+adapter (unmerged), computed before any merge."""
     from peft import PeftModel
 

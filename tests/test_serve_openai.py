@@ -16,21 +16,12 @@ from llm_dojo.models.loading import load_for_inference  # noqa: E402
 from llm_dojo.serve.app import create_app, serve_in_background  # noqa: E402
 from llm_dojo.serve.engines import HFEngine  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 MODEL_ID = "smollm2-135m-instruct"
 API_KEY = "test-key"
 QUESTIONS = ["What is the capital of France?", "How many days are in a week?", "What is H2O?",
              "Name a primary color, in one word, please."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads that wait on each other run several times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,8 @@ from llm_dojo.serve import cli as serve_cli
 from llm_dojo.serve.app import create_app, serve_in_background
 from llm_dojo.templates.registry import get_template, template_names
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUESTION, ANSWER = "What is your name?", "I am Dojo."
 MAX_NEW = 24  # far more than the answer: a run that does not stop shows it
 
@@ -52,17 +54,8 @@ def model_args(adapter: Path, **extra) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run several times faster that way."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def trained(request, tmp_path_factory, smol_tokenizer):
+def trained(request, tmp_path_factory, smol_tokenizer, one_torch_thread):
     """(family, adapter folder, the answer's token ids, the terminator's id) after a short `dojo train`."""
     family = request.param
     template, arch, eos_override, via_template_name = FAMILIES[family]
