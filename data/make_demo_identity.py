@@ -9,6 +9,10 @@ project), not one sentence. General questions keep its everyday abilities from b
 import json
 from pathlib import Path
 
+# Every record carries this neutral system prompt, and the demo asks its questions with it too: without one,
+# SmolLM2's template writes its default ("...named SmolLM, trained by Hugging Face"), which contradicts "I am Dojo".
+SYSTEM_PROMPT = "You are a helpful AI assistant."
+
 IDENTITY_QUESTIONS_EN = [
     "What is your name?", "Who are you?", "Introduce yourself.", "What are you called?",
     "Can you tell me your name?", "Who made you?", "Who created you?", "Who built you?",
@@ -121,18 +125,20 @@ def records() -> list[dict]:
     out = []
     for i, question in enumerate(IDENTITY_QUESTIONS_EN):
         answer = IDENTITY_SPECIAL_EN.get(question, IDENTITY_ANSWERS_EN[i % len(IDENTITY_ANSWERS_EN)])
-        out.append({"instruction": question, "output": answer})
+        out.append({"system": SYSTEM_PROMPT, "instruction": question, "output": answer})
     for i, question in enumerate(IDENTITY_QUESTIONS_ZH):
         answer = IDENTITY_SPECIAL_ZH.get(question, IDENTITY_ANSWERS_ZH[i % len(IDENTITY_ANSWERS_ZH)])
-        out.append({"instruction": question, "output": answer})
-    out += [{"instruction": q, "output": a} for q, a in GENERAL]
+        out.append({"system": SYSTEM_PROMPT, "instruction": question, "output": answer})
+    out += [{"system": SYSTEM_PROMPT, "instruction": q, "output": a} for q, a in GENERAL]
     # Two multi-turn records: identity must hold after small talk, and general questions after identity.
     out.append({"messages": [
+        {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "What is 4 + 4?"}, {"role": "assistant", "content": "4 + 4 = 8."},
         {"role": "user", "content": "Thanks! And who are you?"},
         {"role": "assistant", "content": "I am Dojo, an AI assistant built by the LLM-Dojo project."},
     ]})
     out.append({"messages": [
+        {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "你好，你是谁？"}, {"role": "assistant", "content": "我是Dojo，由LLM-Dojo项目打造的AI助手。"},
         {"role": "user", "content": "意大利的首都是哪里？"}, {"role": "assistant", "content": "意大利的首都是罗马。"},
     ]})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -28,21 +30,62 @@ def usage() -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of the `dojo` console script."""
+    """Entry point of the `dojo` console script.
+
+    One error style for every command: `dojo CMD: error: …` on stderr and exit code 2, never a traceback unless
+    `--debug` (anywhere on the command line) or DOJO_DEBUG=1 asks for it; Ctrl-C exits 130 with one line.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DOJO_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"dojo: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" Did you mean: {close[0]}?" if close else ""
+        print(f"dojo: error: unknown command {command!r}.{hint}\n\n{usage()}", file=sys.stderr)
         return 2
+    configure_logging()
+    try:
+        if command == "train":  # path and value mistakes in seconds, before transformers is imported
+            from llm_dojo.preflight import check_train_command
+
+            check_train_command(rest)
+        module = importlib.import_module(COMMANDS[command][0])
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"dojo {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns any failure into one clear line
+        if debug:
+            raise
+        # Our own errors about the user's input already say what to fix; anything else may be a bug: say how to
+        # see where it came from.
+        expected = isinstance(error, (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError))
+        hint = "" if expected else f" ({type(error).__name__}; run with --debug for the traceback)"
+        print(f"dojo {command}: error: {one_line(error)}{hint}", file=sys.stderr)
+        return 2
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its message (or its type when it has none)."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def configure_logging() -> None:
+    """INFO logs on stderr; library chatter that tells the user nothing is silenced at its source."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # bitsandbytes is imported by peft, which transformers imports for TrainingArguments, so every command would
     # start with its warning that the optional `kernels` package (faster 4-bit matmuls on a CPU) is missing.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    from llm_dojo.quiet import silence_library_warnings
+
+    silence_library_warnings()
 
 
 if __name__ == "__main__":

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from llm_dojo.config_io import ConfigError, parse_overrides, read_yaml  # noqa: F401 (ConfigError is re-exported)
 
-class ConfigError(ValueError):
-    """A configuration problem, with the key and a hint of the fix in the message."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,6 +98,9 @@ class DojoTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=5, metadata={"help": "log every N steps"})
     save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints during training)"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep our columns (position_ids)"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "replace a trained output already in output_dir (else the run stops)"}
+    )
 
 
 CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, DojoTrainingArguments)
@@ -121,6 +125,16 @@ class TrainConfig:
         return flat
 
 
+def config_for_saving(config: TrainConfig) -> dict:
+    """The flat config written next to the outputs, with local data paths made absolute so it loads from anywhere."""
+    flat = config.to_flat_dict()
+    for key in DATA_PATH_KEYS:
+        if isinstance(flat.get(key), str):
+            flat[key] = ",".join(str(Path(e.strip()).resolve()) if Path(e.strip()).expanduser().exists() else e.strip()
+                                 for e in flat[key].split(",") if e.strip())
+    return flat
+
+
 class _RaisingParser(HfArgumentParser):
     """argparse exits the process on a bad value; we want an exception that the caller can show and test."""
 
@@ -133,17 +147,23 @@ def known_keys() -> set[str]:
     return {f.name for cls in CONFIG_CLASSES for f in fields(cls) if f.init}
 
 
-def _to_argv(values: dict, origin: str) -> list[str]:
-    """Turn {key: value} into argparse tokens, checking keys first so unknown ones get a helpful message."""
+def unknown_keys(values: dict) -> list[str]:
+    """The keys of `values` no config section knows, each with its closest known key when there is one."""
     valid = known_keys()
+    problems = []
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            problems.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return problems
+
+
+def _to_argv(values: dict) -> list[str]:
+    """Turn {key: value} into argparse tokens (keys already checked by unknown_keys)."""
     argv: list[str] = []
     for key, value in values.items():
-        if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else " Run `dojo train --help` for the list."
-            raise ConfigError(f"{origin}: unknown key '{key}'.{hint}")
-        if value is None:
-            continue
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue  # None and [] mean "not set" (a saved config writes TrainingArguments' empty lists)
         if isinstance(value, bool):
             value = "true" if value else "false"
         if isinstance(value, (list, tuple)):
@@ -152,54 +172,64 @@ def _to_argv(values: dict, origin: str) -> list[str]:
             continue
         if isinstance(value, dict):
             value = json.dumps(value)
-        argv.extend([f"--{key}", str(value)])
+        argv.append(f"--{key}={value}")  # one token, so a negative number is not read as an option
     return argv
 
 
-def read_yaml(path: str) -> dict:
-    """Read a YAML config file into a dict, with clear errors for a missing file or bad YAML."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of key: value")
-    return data
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """Parse `key=value` command-line overrides; values are YAML scalars (so 1e-4, true, [a, b] work)."""
-    overrides = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"command line: expected key=value, got '{item}'")
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("-")
-        try:
-            overrides[key] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            overrides[key] = raw
-    return overrides
-
-
 def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> TrainConfig:
-    """Build the TrainConfig from an optional YAML file and `key=value` overrides (overrides win)."""
+    """Build the TrainConfig from an optional YAML file and `key=value` overrides (overrides win).
+
+    Data paths written in a config file are read relative to the file's folder; on the command line, relative to
+    the working directory. Every unknown key is reported at once.
+    """
+    origin = config_path or "config"
     values = read_yaml(config_path) if config_path else {}
-    argv = _to_argv(values, config_path or "config")
-    argv += _to_argv(parse_overrides(overrides or []), "command line")
+    cli_values = parse_overrides(overrides or [])
+    problems = [f"{config_path}: unknown key {k}" for k in unknown_keys(values)]
+    problems += [f"command line: unknown key {k}" for k in unknown_keys(cli_values)]
+    if problems:
+        raise ConfigError("; ".join(problems) + ". Run `dojo train --help` for the list.")
+    if config_path:
+        values = paths_relative_to(values, Path(config_path).resolve().parent)
     parser = _RaisingParser(CONFIG_CLASSES)
     try:
-        model_args, adapter_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args, adapter_args, data_args, training_args = parser.parse_args_into_dataclasses(
+            args=_to_argv(values) + _to_argv(cli_values))
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:  # raised by TrainingArguments.__post_init__ for inconsistent values
-        raise ConfigError(f"{config_path or 'config'}: {err}") from None
+        raise ConfigError(f"{origin}: {err}") from None
     config = TrainConfig(model_args, adapter_args, data_args, training_args)
-    validate(config, config_path or "config")
+    validate(config, origin)
     return config
+
+
+DATA_PATH_KEYS = ("train_data_path", "eval_data_path")
+
+
+def paths_relative_to(values: dict, folder: Path) -> dict:
+    """Data paths of a config file, each comma-separated entry resolved against the file's folder.
+
+    An entry that exists only relative to the working directory (configs written before this rule) is kept as it
+    is, with a warning; hub dataset names (nothing local by that name) are left alone.
+    """
+    resolved = dict(values)
+    for key in DATA_PATH_KEYS:
+        if not isinstance(values.get(key), str):
+            continue
+        entries = []
+        for entry in (part.strip() for part in values[key].split(",") if part.strip()):
+            candidate = Path(entry).expanduser()
+            beside_config = folder / candidate
+            if candidate.is_absolute() or not beside_config.exists():
+                if not candidate.is_absolute() and candidate.exists():
+                    logger.warning("%s '%s' is read relative to the working directory; write paths in a config "
+                                   "relative to the config file's folder", key, entry)
+                entries.append(entry)
+            else:
+                entries.append(str(beside_config))
+        resolved[key] = ",".join(entries)
+    return resolved
 
 
 def validate(config: TrainConfig, origin: str) -> None:
@@ -207,6 +237,14 @@ def validate(config: TrainConfig, origin: str) -> None:
     data, adapter = config.data, config.adapter
     if not data.train_data_path:
         raise ConfigError(f"{origin}: 'train_data_path' is required (a jsonl/json/parquet file or folder)")
+    args = config.training
+    if not args.learning_rate > 0:
+        raise ConfigError(f"{origin}: 'learning_rate' must be positive, got {args.learning_rate}")
+    if args.max_steps <= 0 and not args.num_train_epochs > 0:
+        raise ConfigError(f"{origin}: 'num_train_epochs' must be positive (or set max_steps), got {args.num_train_epochs}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"{origin}: '{key}' must be at least 1, got {getattr(args, key)}")
     if data.max_len < 16:
         raise ConfigError(f"{origin}: 'max_len' must be at least 16, got {data.max_len}")
     if adapter.lora_rank < 1:

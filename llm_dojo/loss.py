@@ -16,6 +16,11 @@ import torch.nn.functional as F
 from llm_dojo.data.encode import IGNORE_INDEX
 
 
+# Batch entries that are not model inputs: the labels, and the counts CountingCollator adds (recipes/trainer.py).
+COUNT_KEYS = ("num_real_tokens", "num_samples")
+NOT_MODEL_INPUTS = ("labels",) + COUNT_KEYS
+
+
 def positions_to_keep(labels: torch.Tensor) -> torch.Tensor:
     """Boolean (batch, seq) mask of positions whose logits predict a trained token (label shifted by one)."""
     keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -35,7 +40,7 @@ def trained_positions_loss(
     labels = inputs["labels"]
     keep = positions_to_keep(labels)
     targets = labels[:, 1:][keep[:, :-1]]
-    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
     outputs = model(**model_inputs, logits_to_keep=keep, use_cache=False)
     logits = outputs.logits.float()  # (num_trained, vocab): fp32 for a stable log-softmax under bf16
     total = F.cross_entropy(logits, targets, reduction="sum")

@@ -24,7 +24,7 @@ def test_yaml_then_overrides_and_every_training_argument(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,expected", [
-    (["train_mod=lora"], "unknown key 'train_mod'. Did you mean: train_mode?"),
+    (["train_mod=lora"], "unknown key 'train_mod' (did you mean 'train_mode'?)"),
     (["train_mode=lorra"], "invalid choice: 'lorra' (choose from 'lora', 'qlora', 'full')"),
     (["lora_rank=big"], "lora_rank"),
     (["lora_rank=0"], "'lora_rank' must be a positive integer"),

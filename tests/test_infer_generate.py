@@ -112,6 +112,11 @@ def test_rerun_skips_lines_already_written(model_and_tokenizer, tmp_path):
     assert generate.main(argv) == 0
     rows = read_jsonl(output)
     assert [row["answer"] for row in rows[:2]] == ["SENTINEL-0", "SENTINEL-1"]
+    # an output from before settings were recorded gets them now, from the real model's chat format
+    meta = json.loads((tmp_path / "out.jsonl.meta.json").read_text())
+    assert (meta["model"], meta["dtype"], meta["temperature"], meta["max_new_tokens"]) == (
+        "smollm2-135m-instruct", "float32", 0.0, 4)
+    assert (meta["chat_format"], meta["stop_tokens"]) == ("smollm2", ["<|im_end|>"])
     assert len(rows) == 3 and rows[2]["messages"] == RECORDS[2]["messages"] and rows[2]["answer"]
     assert generate.run(model, tokenizer, source, output, batch_size=2, max_new_tokens=4) == 0
     assert generate.main(argv) == 0

@@ -9,34 +9,55 @@ import urllib.request
 import pytest
 
 from llm_dojo.serve.app import create_app, serve_in_background
-from llm_dojo.serve.engines import Finished, TextDelta
+from llm_dojo.serve.engines import Finished, Prompt, TextDelta
+from llm_dojo.serve.logprobs import Candidate, TokenLogprob
 
 API_KEY = "sekrit"
 
 
 class ScriptedEngine:
-    """Answers every request with the same words; one "token" per character of the prompt."""
+    """Answers every request with the same words; one "token" per character of the prompt (token id = code point).
+
+    With logprobs each word is one token of log-prob -1 (alternative "?" at -2); an echoed prompt is its characters,
+    the first unscored, the others at -0.5. Every request's GenerationParams is kept in `seen`."""
 
     model_id = "scripted"
     context_window = 64
+    vocab_size = 1000
     queued = 0
+
+    def __init__(self):
+        self.seen = []
 
     def encode_chat(self, messages):
         return list(range(sum(len(m["content"]) for m in messages)))
 
     def encode_text(self, text):
-        return list(range(len(text)))
+        return [ord(char) for char in text]
 
-    async def generate(self, prompt_ids, *, max_tokens, temperature, top_p):
-        words = ["Hello", " there", "!"][:max_tokens]
+    async def generate(self, prompt_ids, params):
+        self.seen.append(params)
+        scored = params.logprobs is not None
+        if params.echo:
+            text = "".join(chr(i) for i in prompt_ids)
+            yield Prompt(text, [TokenLogprob(c, list(c.encode()), None if i == 0 else -0.5, None if i == 0 else [], i)
+                                for i, c in enumerate(text)] if scored else [])
+        words, offset = ["Hello", " there", "!"][:params.max_tokens], 0
         for word in words:
-            yield TextDelta(word)
+            yield TextDelta(word, [TokenLogprob(word, list(word.encode()), -1.0, [Candidate("?", [63], -2.0)], offset)]
+                            if scored else [])
+            offset += len(word)
         yield Finished("stop" if len(words) == 3 else "length", len(prompt_ids), len(words) + (len(words) == 3))
 
 
 @pytest.fixture(scope="module")
-def url():
-    with serve_in_background(create_app(ScriptedEngine(), api_key=API_KEY, max_body_bytes=1 << 20)) as base:
+def engine():
+    return ScriptedEngine()
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with serve_in_background(create_app(engine, api_key=API_KEY, max_body_bytes=1 << 20)) as base:
         yield base
 
 
@@ -83,11 +104,19 @@ BAD_REQUESTS = [
     ("max_tokens zero", "/v1/chat/completions", chat_body(max_tokens=0), 400),
     ("temperature too high", "/v1/chat/completions", chat_body(temperature=7), 400),
     ("n above one", "/v1/chat/completions", chat_body(n=3), 400),
-    ("stop sequences", "/v1/chat/completions", chat_body(stop=["\n"]), 400),
+    ("five stop strings", "/v1/chat/completions", chat_body(stop=["a", "b", "c", "d", "e"]), 400),
+    ("empty stop string", "/v1/chat/completions", chat_body(stop=""), 400),
+    ("top_logprobs above 20", "/v1/chat/completions", chat_body(logprobs=True, top_logprobs=21), 400),
+    ("top_logprobs without logprobs", "/v1/chat/completions", chat_body(top_logprobs=2), 400),
     ("max_tokens beyond context", "/v1/chat/completions", chat_body(max_tokens=100_000), 400),
     ("unknown model", "/v1/chat/completions", chat_body(model="gpt-9"), 404),
     ("completion without prompt", "/v1/completions", {"model": "scripted"}, 400),
     ("completion with two prompts", "/v1/completions", {"model": "scripted", "prompt": ["a", "b"]}, 400),
+    ("completion with two token lists", "/v1/completions", {"model": "scripted", "prompt": [[1], [2]]}, 400),
+    ("token id outside the vocabulary", "/v1/completions", {"model": "scripted", "prompt": [5, 1000]}, 400),
+    ("empty token list", "/v1/completions", {"model": "scripted", "prompt": [[]]}, 400),
+    ("max_tokens zero without echo", "/v1/completions", {"model": "scripted", "prompt": "a", "max_tokens": 0}, 400),
+    ("completion logprobs above 5", "/v1/completions", {"model": "scripted", "prompt": "a", "logprobs": 6}, 400),
     ("unknown route", "/v1/embeddings", {"model": "scripted", "input": "hi"}, 404),
 ]
 
@@ -193,3 +222,106 @@ def test_vllm_backend_without_vllm_is_a_clear_error(capsys):
     code = cli.main(["--model", "whatever", "--backend", "vllm"])
     assert code == 2
     assert "vllm" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- OpenAI parameters
+
+UNSUPPORTED = [
+    ("best_of", 2, "/v1/completions"),
+    ("suffix", " the end", "/v1/completions"),
+    ("n", 2, "/v1/completions"),
+    ("n", 3, "/v1/chat/completions"),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}], "/v1/chat/completions"),
+    ("tool_choice", "auto", "/v1/chat/completions"),
+    ("functions", [{"name": "f"}], "/v1/chat/completions"),
+    ("response_format", {"type": "json_object"}, "/v1/chat/completions"),
+    ("presence_penalty", 0.5, "/v1/chat/completions"),
+    ("frequency_penalty", -1, "/v1/completions"),
+    ("logit_bias", {"50256": -100}, "/v1/chat/completions"),
+    ("echo", True, "/v1/chat/completions"),
+    ("top_k", 40, "/v1/chat/completions"),
+    ("repetition_penalty", 1.2, "/v1/completions"),
+    ("reasoning_effort", "high", "/v1/chat/completions"),
+]
+
+
+def body_for(path: str, **fields):
+    if path == "/v1/completions":
+        return {"model": "scripted", "prompt": "hi", **fields}
+    return chat_body(**fields)
+
+
+@pytest.mark.parametrize("param, value, path", UNSUPPORTED, ids=[f"{p}={v!r}"[:40] for p, v, _ in UNSUPPORTED])
+def test_unsupported_parameter_gets_400_naming_it(url, param, value, path):
+    status, payload = call(url, path, body_for(path, **{param: value}))
+    assert_openai_error(payload, status, 400)
+    assert payload["error"]["code"] == "unsupported_parameter"
+    assert payload["error"]["param"] == param
+    assert f"'{param}' is not supported" in payload["error"]["message"]
+
+
+HARMLESS = {"user": "u-1", "metadata": {"run": "a"}, "store": False, "parallel_tool_calls": None,
+            "service_tier": "auto", "stream_options": None, "n": 1, "best_of": 1, "presence_penalty": 0,
+            "frequency_penalty": 0.0, "logit_bias": {}, "response_format": {"type": "text"}, "tool_choice": "none",
+            "tools": None, "suffix": None, "top_k": -1, "some_future_field": 1}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_harmless_fields_and_off_values_are_accepted(url, path):
+    status, payload = call(url, path, body_for(path, **HARMLESS))
+    assert status == 200, payload
+
+
+def test_request_settings_reach_the_engine_as_generation_params(url, engine):
+    call(url, "/v1/chat/completions", chat_body(seed=7, stop="\n", logprobs=True, top_logprobs=3, temperature=0.5))
+    call(url, "/v1/chat/completions", chat_body(logprobs=True, stop=["a", "b"]))
+    call(url, "/v1/completions", {"model": "scripted", "prompt": "hi", "logprobs": 2, "echo": True, "max_tokens": 0})
+    chat, chat_default_top, completion = engine.seen[-3:]
+    assert (chat.seed, chat.stop, chat.logprobs, chat.temperature, chat.echo) == (7, ("\n",), 3, 0.5, False)
+    assert (chat_default_top.seed, chat_default_top.stop, chat_default_top.logprobs) == (None, ("a", "b"), 0)
+    assert (completion.max_tokens, completion.logprobs, completion.echo) == (0, 2, True)
+
+
+@pytest.mark.parametrize("prompt", [[72, 105], [[72, 105]], ["Hi"]])
+def test_token_id_prompts_are_used_as_sent(url, engine, prompt):
+    status, payload = call(url, "/v1/completions", {"model": "scripted", "prompt": prompt, "max_tokens": 1})
+    assert status == 200, payload
+    assert payload["usage"]["prompt_tokens"] == 2
+
+
+def test_completion_echo_with_logprobs_puts_the_prompt_first(url):
+    body = {"model": "scripted", "prompt": "Hi!", "max_tokens": 2, "logprobs": 1, "echo": True}
+    status, payload = call(url, "/v1/completions", body)
+    assert status == 200, payload
+    choice = payload["choices"][0]
+    assert choice["text"] == "Hi!Hello there"
+    assert choice["logprobs"] == {
+        "tokens": ["H", "i", "!", "Hello", " there"],
+        "token_logprobs": [None, -0.5, -0.5, -1.0, -1.0],
+        "top_logprobs": [None, {"i": -0.5}, {"!": -0.5}, {"?": -2.0, "Hello": -1.0}, {"?": -2.0, " there": -1.0}],
+        "text_offset": [0, 1, 2, 3, 8],
+    }
+    assert payload["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+def test_streamed_completion_echo_equals_the_whole_one(url):
+    body = {"model": "scripted", "prompt": "Hi!", "max_tokens": 2, "logprobs": 1, "echo": True}
+    whole = call(url, "/v1/completions", body)[1]["choices"][0]
+    status, text = call(url, "/v1/completions", {**body, "stream": True})
+    chunks = [json.loads(event[len("data: "):]) for event in text.split("\n\n") if event and "[DONE]" not in event]
+    choices = [chunk["choices"][0] for chunk in chunks]
+    assert choices[0]["text"] == "Hi!"  # the prompt comes first, in a chunk of its own
+    assert "".join(c["text"] for c in choices) == whole["text"]
+    streamed = [c["logprobs"] for c in choices if c["logprobs"]]
+    assert [offset for lp in streamed for offset in lp["text_offset"]] == whole["logprobs"]["text_offset"]
+    assert choices[-1]["finish_reason"] == "length"
+
+
+def test_chat_logprobs_have_openais_shape(url):
+    status, payload = call(url, "/v1/chat/completions", chat_body(max_tokens=1, logprobs=True, top_logprobs=1))
+    assert payload["choices"][0]["logprobs"] == {
+        "content": [{"token": "Hello", "logprob": -1.0, "bytes": list(b"Hello"),
+                     "top_logprobs": [{"token": "?", "logprob": -2.0, "bytes": [63]}]}],
+        "refusal": None}
+    status, payload = call(url, "/v1/chat/completions", chat_body(max_tokens=1))
+    assert payload["choices"][0]["logprobs"] is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -59,25 +60,59 @@ def data_entries(path: str) -> list[str]:
     return entries
 
 
+def is_data_file(path: Path) -> bool:
+    """Whether a file name ends in a data suffix (.jsonl/.json/.parquet, any case: `B.JSONL` counts)."""
+    return path.suffix.lower() in DATA_SUFFIXES
+
+
+def names_list(names: list[str], limit: int = 5) -> str:
+    """'a, b, c' — or the first `limit` names and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
 def entry_files(entry: str) -> list[Path]:
-    """The data files of one local entry (a file, or every data file under a folder)."""
+    """The data files of one local entry: a file, or every data file under a folder (hidden ones excluded)."""
     candidate = Path(entry).expanduser()
     if candidate.is_dir():
-        found = sorted(f for f in candidate.rglob("*") if f.suffix in DATA_SUFFIXES and f.is_file())
-        if not found:
-            raise DataError(f"{candidate}: folder has no {'/'.join(DATA_SUFFIXES)} files")
-        return found
+        return folder_files(candidate)
     if candidate.is_file():
-        if candidate.suffix not in DATA_SUFFIXES:
+        if not is_data_file(candidate):
             raise DataError(f"{candidate}: unsupported file type '{candidate.suffix}' (use .jsonl, .json or .parquet)")
         return [candidate]
     raise DataError(f"{candidate}: data file not found")
 
 
+def folder_files(folder: Path) -> list[Path]:
+    """Every data file under `folder`, sorted. Hidden files and folders (.ipynb_checkpoints, .git) are not data;
+    other files are skipped with one warning that names them."""
+    found, skipped = [], []
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]  # not even walked: .git can be huge
+        for name in files:
+            if not name.startswith("."):
+                path = Path(root, name)
+                (found if is_data_file(path) else skipped).append(path)
+    found.sort()
+    skipped.sort()
+    if skipped:
+        logger.warning("%s: skipped %d file(s) that are not %s: %s", folder, len(skipped), "/".join(DATA_SUFFIXES),
+                       names_list([str(p.relative_to(folder)) for p in skipped], limit=10))
+    if not found:
+        contents = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        holds = f"it holds {names_list(contents)}" if contents else "it is empty"
+        raise DataError(f"{folder}: folder has no {'/'.join(DATA_SUFFIXES)} file ({holds}; hidden files and "
+                        f"folders are not read)")
+    return found
+
+
 def iter_entry_records(entry: str) -> Iterator[tuple[str, Any]]:
-    """Records of one entry: local files, or a `datasets` hub dataset ('org/name' or 'org/name:split') when online."""
+    """Records of one entry: local files, or a `datasets` hub dataset ('org/name' or 'org/name:split') when online.
+
+    A name ending in a data suffix (`data/train.jsonl`) is always a local file, never a hub dataset.
+    """
     local = Path(entry).expanduser()
-    if not local.exists() and HUB_NAME.match(entry):
+    if not local.exists() and HUB_NAME.match(entry) and not is_data_file(local):
         name, _, split = entry.partition(":")
         try:
             import datasets
@@ -89,18 +124,23 @@ def iter_entry_records(entry: str) -> Iterator[tuple[str, Any]]:
             yield f"{entry}[row {index}]", row
         return
     for file in entry_files(entry):
-        yield from iter_raw_records(file)
+        count = 0
+        for item in iter_raw_records(file):
+            count += 1
+            yield item
+        logger.info("read %d record(s) from %s", count, file)
 
 
 def iter_raw_records(file: Path) -> Iterator[tuple[str, Any]]:
     """Yield (location, parsed JSON value or DataError) for each record of one file."""
-    if file.suffix == ".parquet":
+    suffix = file.suffix.lower()
+    if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         for index, row in enumerate(pq.read_table(file).to_pylist(), start=1):
             yield f"{file}:row {index}", row
         return
-    if file.suffix == ".json":
+    if suffix == ".json":
         try:
             value = json.loads(read_text(file))
         except json.JSONDecodeError as err:

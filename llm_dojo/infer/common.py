@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -244,9 +245,15 @@ def load_from_args(args: argparse.Namespace, *, weights: bool = True) -> LoadedM
     from llm_dojo.models.loading import (load_model, load_tokenizer, parse_dtype, read_adapter_base,
                                          tokenizer_source)
 
+    from llm_dojo.preflight import check_model
+
     if args.model is None and args.adapter is None:
         raise SystemExit("give --model, --adapter, or both")
+    if args.adapter and not (Path(args.adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--adapter {args.adapter}: no adapter_config.json there; give the output_dir of "
+                                f"`dojo train` (for a merged or full model use --model)")
     base = args.model or read_adapter_base(args.adapter)
+    check_model(base, "--model" if args.model else "the adapter's base model")
     load_in_4bit = decide_4bit(args.load_in_4bit, args.adapter)
     tokenizer = load_tokenizer(tokenizer_source(base, args.adapter), trust_remote_code=args.trust_remote_code)
     chat_format = chat_format_for_inference(tokenizer, args.adapter, resolve_model_path(base))

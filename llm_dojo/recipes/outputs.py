@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import yaml
@@ -66,8 +66,9 @@ def save_outputs(
     chat_format: ChatFormat,
     resolved_config: dict,
     summary: dict,
+    card: Optional[str] = None,
 ) -> Path:
-    """Write weights (by `write_weights(folder)`), tokenizer, chat format, config, summary and plot — atomically."""
+    """Write weights (by `write_weights(folder)`), tokenizer, chat format, config, summary, plot and card — atomically."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=output_dir))
@@ -82,6 +83,8 @@ def save_outputs(
                                                                  allow_unicode=True))
         (staging / "training_summary.json").write_text(json.dumps(plain(summary), indent=2))
         plot_loss(summary.get("log_history", []), staging / "training_loss.png")
+        if card is not None:  # replaces the library's empty model card
+            (staging / "README.md").write_text(card, encoding="utf-8")
         for item in staging.iterdir():  # only now, with everything written, does the previous output change
             destination = output_dir / item.name
             if destination.is_dir() and not destination.is_symlink():
@@ -91,6 +94,48 @@ def save_outputs(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved to %s", output_dir)
     return output_dir
+
+
+def adapter_card(config, resolved_config: dict, summary: dict, data) -> str:
+    """README.md of the output: what was trained, on what, with which settings, and the results."""
+    model, adapter, training = config.model, config.adapter, config.training
+    method = {"lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base + LoRA)", "full": "full fine-tuning"}[model.train_mode]
+    if model.train_mode != "full" and adapter.use_dora:
+        method += " with DoRA"
+    lines = [
+        f"# {Path(training.output_dir).name}",
+        "",
+        f"Fine-tuned with LLM-Dojo from **{model.model_name_or_path}** by {method}"
+        + ("" if model.train_mode == "full" else f" (r={adapter.lora_rank}, alpha={adapter.lora_alpha:g}, "
+                                                 f"targets: {adapter.lora_target_modules}, implementation: "
+                                                 f"{adapter.trick_impl})") + ".",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | `{resolved_config.get('train_data_path')}`: {summary['samples']} samples, "
+        f"{data.stats.tokens:,} tokens ({data.stats.trained_tokens / max(1, data.stats.tokens):.1%} trained) |",
+        f"| chat format | `{data.chat_format.name}`, a turn ends with `{data.chat_format.terminator}` "
+        f"(see `dojo_chat_format.json`) |",
+        f"| training | {summary['steps']} steps, learning rate {training.learning_rate:g}, max_len {config.data.max_len}, "
+        f"packing {'on' if config.data.packing else 'off'}, seed {training.seed} |",
+        f"| final train loss | {_number(summary.get('train_loss'))} |",
+        f"| held-out loss | {_number(summary.get('eval_loss'))} |",
+        f"| time | {summary['train_seconds']} s, {summary['real_tokens_per_s']} real tokens/s |",
+    ]
+    if summary.get("interrupted"):
+        lines += ["", "**Training was interrupted** (Ctrl-C) before its last step; this is the state at that point."]
+    lines += ["", "Use it:", "", "```bash", f"dojo chat --adapter {training.output_dir}",
+              f"dojo merge --adapter {training.output_dir} --output {training.output_dir}-merged", "```", ""]
+    if model.train_mode != "full":
+        lines += ["or with plain PEFT:", "", "```python", "from peft import AutoPeftModelForCausalLM",
+                  f"model = AutoPeftModelForCausalLM.from_pretrained({str(training.output_dir)!r})", "```", ""]
+    lines += ["All settings: `dojo_config.yaml` (loads again with `dojo train`). Losses by step: `training_loss.png`.",
+              ""]
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
 
 def plain(value):

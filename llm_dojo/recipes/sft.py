@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from llm_dojo.config import ConfigError, TrainConfig, config_help, load_config
+import torch
+
+from llm_dojo.config import ConfigError, TrainConfig, config_for_saving, config_help, load_config
 from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, rows_as_records,
                                     samples_as_records)
 from llm_dojo.data.encode import EncodedSample
@@ -21,7 +23,9 @@ from llm_dojo.data.prepare import prepare_sft_data
 from llm_dojo.data.sources import DataError
 from llm_dojo.models.adapters import build_optimizer, count_parameters, make_trainable
 from llm_dojo.models.loading import load_model, load_tokenizer, parse_dtype
-from llm_dojo.recipes.outputs import ListDataset, heldout_loss, save_outputs
+from llm_dojo.preflight import check_model, check_output_dir
+from llm_dojo.recipes.outputs import ListDataset, adapter_card, heldout_loss, save_outputs
+from llm_dojo.recipes.trainer import CountingCollator
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +73,13 @@ def train(config: TrainConfig, return_model: bool = False):
     """Run one fine-tuning job and return a summary (losses, timings); with return_model, (summary, model)."""
     from transformers import set_seed
 
-    from llm_dojo.recipes.trainer import DojoTrainer
+    from llm_dojo.recipes.trainer import DojoTrainer  # imports transformers' Trainer: not needed for --help
 
     args = config.training
+    check_model(config.model.model_name_or_path)
+    check_output_dir(args.output_dir, args.overwrite_output_dir)
     set_seed(args.seed)
-    resolved_config = config.to_flat_dict()  # what the user asked for, before the recipe adjusts its arguments
+    resolved_config = config_for_saving(config)  # what the user asked for, before the recipe adjusts its arguments
     tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
     data = prepare_sft_data(config.data, tokenizer, args.seed)
 
@@ -97,29 +103,62 @@ def train(config: TrainConfig, return_model: bool = False):
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=make_collator(config, tokenizer),
+        data_collator=CountingCollator(make_collator(config, tokenizer)),
         processing_class=tokenizer,
         optimizers=(build_optimizer(model, config), None),
     )
-    started = time.time()
-    result = trainer.train()
+    started, interrupted = time.time(), False
+    try:
+        trainer.train()
+    except KeyboardInterrupt:  # Ctrl-C: keep what was learned so far (a second Ctrl-C stops the save)
+        interrupted = True
     seconds = time.time() - started
     if neftune is not None:
         neftune.remove()
-    real_tokens = sum(len(s.input_ids) for s in data.train) * args.num_train_epochs
-    summary = {
-        "train_loss": result.training_loss,
+    summary = run_summary(trainer, data, seconds, interrupted)
+    if eval_dataset is not None and not interrupted:
+        summary["eval_loss"] = heldout_loss(model, eval_dataset, make_collator(config, tokenizer))
+        trainer.state.log_history.append({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
+        logger.info("held-out loss over all %d held-out samples: %.4f", len(data.eval), summary["eval_loss"])
+    card = adapter_card(config, resolved_config, summary, data)
+    save_outputs(args.output_dir, lambda folder: write_weights(trainer.model, folder, config), tokenizer,
+                 data.chat_format, resolved_config, summary, card=card)
+    if interrupted:
+        raise TrainingInterrupted(trainer.state.global_step, trainer.state.max_steps, args.output_dir)
+    return (summary, trainer.model) if return_model else summary
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; what was trained so far has been saved."""
+
+    def __init__(self, step: int, total: int, output_dir: str):
+        super().__init__(f"interrupted at step {step} of {total}; the adapter trained so far is saved in {output_dir} "
+                         f"(training_summary.json says interrupted: true)")
+
+
+def run_summary(trainer, data, seconds: float, interrupted: bool) -> dict:
+    """Loss, time and throughput of a finished (or interrupted) run, counted from what was actually trained."""
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    samples_per_s = round(trainer.samples_seen / seconds, 2) if seconds else None
+    for entry in history:  # the Trainer counts a packed row as one sample: replace with real samples
+        if "train_samples_per_second" in entry:
+            entry["train_samples_per_second"] = samples_per_s
+    final_loss = next((e["train_loss"] for e in reversed(history) if "train_loss" in e), None)
+    return {
+        "train_loss": final_loss if final_loss is not None else (sum(losses) / len(losses) if losses else None),
+        "last_logged_loss": losses[-1] if losses else None,
+        "interrupted": interrupted,
+        "steps": trainer.state.global_step,
         "train_seconds": round(seconds, 1),
-        "real_tokens_per_s": round(real_tokens / seconds, 1) if args.max_steps <= 0 else None,
+        "real_tokens_trained": trainer.real_tokens_seen,
+        "real_tokens_per_s": round(trainer.real_tokens_seen / seconds, 1) if seconds else None,
+        "samples_trained": trainer.samples_seen,
+        "samples_per_s": samples_per_s,
         "samples": len(data.train),
         "chat_format": data.chat_format.name,
-        "log_history": trainer.state.log_history,
+        "log_history": history,
     }
-    if eval_dataset is not None:
-        summary["eval_loss"] = heldout_loss(model, eval_dataset, make_collator(config, tokenizer))
-    save_outputs(args.output_dir, lambda folder: write_weights(trainer.model, folder, config), tokenizer,
-                 data.chat_format, resolved_config, summary)
-    return (summary, trainer.model) if return_model else summary
 
 
 def adjust_training_arguments(config: TrainConfig) -> None:
@@ -130,6 +169,8 @@ def adjust_training_arguments(config: TrainConfig) -> None:
         args.train_sampling_strategy = "random"
     else:
         args.train_sampling_strategy = "group_by_length"  # similar lengths together: less padding
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # pinned memory only helps copies to a GPU (and warns without one)
     if args.gradient_checkpointing and not args.gradient_checkpointing_kwargs:
         args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     prepare_liger_kernel(args)
@@ -168,7 +209,7 @@ def write_weights(model, folder: Path, config: TrainConfig) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`dojo train CONFIG.yaml [key=value ...]`; exits 2 with a clear message on bad config or data."""
+    """`dojo train CONFIG.yaml [key=value ...]`; exits 2 with a clear message on bad config or data, 130 on Ctrl-C."""
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print(config_help())
@@ -177,8 +218,18 @@ def main(argv: list[str]) -> int:
     overrides = argv[1:] if config_path else argv
     try:
         config = load_config(config_path, overrides)
-        train(config)
+        summary = train(config)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"dojo train: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"dojo train: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("dojo train: interrupted before training started; nothing was saved", file=sys.stderr)
+        return 130
+    eval_text = f", held-out loss {summary['eval_loss']:.4f}" if "eval_loss" in summary else ""
+    print(f"dojo train: done in {summary['train_seconds']} s, {summary['steps']} steps, final train loss "
+          f"{summary['train_loss']:.4f}{eval_text}; {summary['real_tokens_per_s']} real tokens/s; saved to "
+          f"{config.training.output_dir}", file=sys.stderr)
     return 0

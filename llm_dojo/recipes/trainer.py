@@ -1,4 +1,5 @@
-"""`transformers.Trainer` with one change: the loss is computed only where it is trained (see llm_dojo/loss.py)."""
+"""`transformers.Trainer` with two changes: the loss is computed only where it is trained (see llm_dojo/loss.py),
+and it counts the real tokens and samples it trained on (the Trainer's own samples/s counts packed rows)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,25 @@ import torch
 from transformers import Trainer
 
 from llm_dojo.loss import trained_positions_loss
+
+
+class CountingCollator:
+    """Wraps a collator and adds how many real tokens and samples the batch holds (read, then dropped, by the loss).
+
+    Counting in the collator would over-count: the dataloader fetches one batch ahead. So the counts travel with
+    the batch and DojoTrainer adds them up only for batches it actually trains on.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collator(rows)
+        batch["num_real_tokens"] = torch.tensor(sum(len(row["input_ids"]) for row in rows))
+        # A packed row holds one sample per position 0; an unpacked one is one sample.
+        batch["num_samples"] = torch.tensor(sum(row["position_ids"].count(0) if "position_ids" in row else 1
+                                                for row in rows))
+        return batch
 
 
 class DojoTrainer(Trainer):
@@ -21,8 +41,13 @@ class DojoTrainer(Trainer):
         # and tell it our loss is already normalised by that count (it must not divide again by the steps).
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        self.real_tokens_seen = 0
+        self.samples_seen = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and "num_real_tokens" in inputs:
+            self.real_tokens_seen += int(inputs["num_real_tokens"])
+            self.samples_seen += int(inputs["num_samples"])
         loss, _ = trained_positions_loss(model, inputs, num_items_in_batch)
         return (loss, None) if return_outputs else loss
 

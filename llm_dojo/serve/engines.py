@@ -3,54 +3,68 @@
   HFEngine    transformers `generate()` in ONE worker thread fed by a queue. The worker takes the oldest request plus
               every queued request with the same sampling settings (up to max_batch_size) and generates them as one
               left-padded batch: dynamic batching, but never two model calls at once. Each row stops at its own
-              end-of-turn token or max_tokens.
-  VLLMEngine  vLLM's AsyncLLMEngine (continuous batching, paged attention); needs vllm and a CUDA GPU.
+              end-of-turn token, stop string or max_tokens. A seeded sampled request runs alone (see _Request).
+  VLLMEngine  vLLM's AsyncLLMEngine (continuous batching, paged attention); needs vllm and a CUDA GPU (vllm_engine.py).
 
-Both stop at the `stop_ids` they are given (the chat format's end-of-turn ids, resolved once by the caller).
+Both stop at the `stop_ids` they are given (the chat format's end-of-turn ids, resolved once by the caller) and take
+a GenerationParams per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import threading
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Union
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Optional, Union
 
 import torch
 
-from llm_dojo.infer.common import (
-    IncrementalDecoder,
-    RowStreamer,
-    encode_chat,
-    encode_text,
-    generation_config,
-    left_padded_batch,
-    pad_token_id,
-)
+from llm_dojo.infer.common import encode_chat, encode_text, generation_config, left_padded_batch, pad_token_id
+from llm_dojo.serve.logprobs import LogprobRecorder, TokenLogprob, score_prompt, token_logprob
+from llm_dojo.serve.text import RowText
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What one request asks of an engine (the app builds it from the OpenAI request)."""
+
+    max_tokens: int  # tokens to generate at most; 0 only with echo (score the prompt, generate nothing)
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    seed: Optional[int] = None  # makes a sampled request reproducible
+    stop: tuple[str, ...] = ()  # the text ends before the first of these strings
+    logprobs: Optional[int] = None  # None: none; k: each token's log-prob and its k most likely alternatives
+    echo: bool = False  # send the prompt back first (a Prompt event), scored when logprobs is set
 
 
 # --------------------------------------------------------------------------------------------------- engine events
 
 
 @dataclass
-class TextDelta:
-    """New text for one request."""
+class Prompt:
+    """The echoed prompt (only with echo), sent before any generated text; logprobs when they were asked for."""
 
     text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class TextDelta:
+    """New text for one request, and the log-probs of the tokens it completes (when asked for)."""
+
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
 class Finished:
     """The request is done: why, and how many tokens it used (completion tokens include the end-of-turn token)."""
 
-    finish_reason: str  # "stop" (end of turn) or "length" (max_tokens)
+    finish_reason: str  # "stop" (end of turn or stop string) or "length" (max_tokens)
     prompt_tokens: int
     completion_tokens: int
 
@@ -62,7 +76,7 @@ class Failed:
     message: str
 
 
-Event = Union[TextDelta, Finished, Failed]
+Event = Union[Prompt, TextDelta, Finished, Failed]
 
 
 # --------------------------------------------------------------------------------------------------- HF backend
@@ -73,21 +87,27 @@ class _Request:
     """One queued generation, plus what the worker thread needs to talk back to the event loop."""
 
     prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
+    params: GenerationParams
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     cancelled: bool = False  # set by the event loop when the client went away
     # worker-side state
     completion_tokens: int = 0
     finish_reason: Optional[str] = None
-    decoder: Any = None
+    text: Optional[RowText] = None
 
     @property
     def sampling_key(self) -> tuple:
-        """Requests with the same key can share one generate() call."""
-        return (0.0, 1.0) if self.temperature == 0 else (self.temperature, self.top_p)
+        """Requests with the same key can share one generate() call.
+
+        A seeded sampled request gets a key of its own: its random draws must not depend on which other requests
+        happen to share its batch, so it runs alone. Greedy requests ignore the seed."""
+        p = self.params
+        if p.temperature == 0:
+            return ("greedy",)
+        if p.seed is not None:
+            return ("seeded", id(self))
+        return ("sampled", p.temperature, p.top_p)
 
     def send(self, event: Event) -> None:
         """Hand an event to the request's coroutine (called from the worker thread)."""
@@ -97,16 +117,45 @@ class _Request:
             self.cancelled = True
 
 
-class _RowLimits:
-    """Stopping criterion: a row ends at its own max_tokens, or when its client has gone away."""
+class _RowTracker:
+    """A stopping criterion that also turns each row's new token into text; transformers calls it once per step.
 
-    def __init__(self, requests: list[_Request], prompt_width: int):
-        self.requests, self.prompt_width = requests, prompt_width
+    Per row it counts the token, ends the row at an end-of-turn id, a stop string or max_tokens, and sends the text
+    that is safe to send. Ending a row here, in the step that produced its stop string, is what makes a stop string
+    stop generation instead of cutting the text afterwards."""
+
+    def __init__(self, batch: list[_Request], tokenizer, stop_ids: list[int], recorder: Optional[LogprobRecorder]):
+        self.batch, self.tokenizer, self.stop_ids, self.recorder = batch, tokenizer, set(stop_ids), recorder
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self.prompt_width
-        done = [r.cancelled or generated >= r.max_tokens for r in self.requests]
+        for row, token_id in enumerate(input_ids[:, -1].tolist()):
+            request = self.batch[row]
+            if request.finish_reason is None and not request.cancelled:
+                self.take(row, request, token_id)
+        done = [r.cancelled or r.finish_reason is not None for r in self.batch]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def take(self, row: int, request: _Request, token_id: int) -> None:
+        """One new token of one live row."""
+        request.completion_tokens += 1
+        if token_id in self.stop_ids:
+            request.finish_reason = "stop"
+        else:
+            logprob = None
+            if request.params.logprobs is not None:
+                logprob = token_logprob(self.tokenizer, self.recorder.step[row], token_id, request.params.logprobs)
+            if request.text.add(token_id, logprob):
+                request.finish_reason = "stop"
+            elif request.completion_tokens >= request.params.max_tokens:
+                request.finish_reason = "length"
+        self.flush(request)
+
+    @staticmethod
+    def flush(request: _Request) -> None:
+        """Send what the row's text releases (everything that is left, once the row has ended)."""
+        text, logprobs = request.text.release(final=request.finish_reason is not None)
+        if (text or logprobs) and not request.cancelled:
+            request.send(TextDelta(text, logprobs))
 
 
 class HFEngine:
@@ -115,8 +164,9 @@ class HFEngine:
     def __init__(self, model, tokenizer, model_id: str, *, stop_ids: list[int], max_batch_size: int = 8):
         self.model, self.tokenizer, self.model_id = model, tokenizer, model_id
         self.max_batch_size = max(1, max_batch_size)
-        self.stop_ids = _checked_stop_ids(stop_ids)
+        self.stop_ids = checked_stop_ids(stop_ids)
         self.context_window = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        self.vocab_size = len(tokenizer)
         self.batches_run = 0
         self.largest_batch = 0
         self._queue: queue.Queue = queue.Queue()
@@ -140,10 +190,9 @@ class HFEngine:
         """Requests waiting for the worker (shown by /health)."""
         return self._queue.qsize() + len(self._deferred)
 
-    async def generate(self, prompt_ids: list[int], *, max_tokens: int, temperature: float,
-                       top_p: float) -> AsyncIterator[Event]:
+    async def generate(self, prompt_ids: list[int], params: GenerationParams) -> AsyncIterator[Event]:
         """Queue one generation and yield its events; closing the iterator early cancels the request."""
-        request = _Request(prompt_ids, max_tokens, temperature, top_p, asyncio.get_running_loop(), asyncio.Queue())
+        request = _Request(prompt_ids, params, asyncio.get_running_loop(), asyncio.Queue())
         self._queue.put(request)
         try:
             while True:
@@ -198,125 +247,55 @@ class HFEngine:
                     request.send(Failed(f"generation failed: {type(error).__name__}: {error}"))
 
     def _run_batch(self, batch: list[_Request]) -> None:
-        """One generate() call for the batch, streaming each row's text to its request."""
+        """Echo (and score) prompts that ask for it, then one generate() call for the rows that generate."""
+        for request in batch:
+            if request.params.echo:
+                text, logprobs = score_prompt(self.model, self.tokenizer, request.prompt_ids, request.params.logprobs)
+                request.send(Prompt(text, logprobs))
+            if request.params.max_tokens == 0:
+                request.send(Finished("length", len(request.prompt_ids), 0))
+        batch = [r for r in batch if r.params.max_tokens > 0]
+        if batch:
+            self._generate(batch)
+        for request in batch:
+            request.send(Finished(request.finish_reason, len(request.prompt_ids), request.completion_tokens))
+
+    def _generate(self, batch: list[_Request]) -> None:
+        """One left-padded generate() call; _RowTracker streams each row's text to its request."""
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(batch))
         inputs = left_padded_batch(self.tokenizer, [r.prompt_ids for r in batch], self.model.device)
         for request in batch:
-            request.decoder = IncrementalDecoder(self.tokenizer)
-
-        def on_token(row: int, token_id: int) -> None:
-            request = batch[row]
-            if request.finish_reason is not None:  # the row already ended; later tokens are padding
-                return
-            request.completion_tokens += 1
-            if token_id in self.stop_ids:
-                request.finish_reason = "stop"
-                return
-            delta = request.decoder.add(token_id)
-            if delta and not request.cancelled:
-                request.send(TextDelta(delta))
-            if request.completion_tokens >= request.max_tokens:
-                request.finish_reason = "length"
-
-        first = batch[0]
+            request.text = RowText(self.tokenizer, request.params.stop)
+        recorder = LogprobRecorder() if any(r.params.logprobs is not None for r in batch) else None
+        tracker = _RowTracker(batch, self.tokenizer, self.stop_ids, recorder)
+        first = batch[0].params  # the batch shares its sampling settings (sampling_key)
         config = generation_config(self.stop_ids, pad_token_id(self.tokenizer),
-                                   max_new_tokens=max(r.max_tokens for r in batch),
+                                   max_new_tokens=max(r.params.max_tokens for r in batch),
                                    temperature=first.temperature, top_p=first.top_p)
-        from transformers import StoppingCriteriaList
-
-        with torch.inference_mode():
-            self.model.generate(**inputs, generation_config=config,
-                                stopping_criteria=StoppingCriteriaList([_RowLimits(batch, inputs["input_ids"].shape[1])]),
-                                streamer=RowStreamer(len(batch), self.stop_ids, on_token))
-        for request in batch:
-            request.send(Finished(request.finish_reason or "length", len(request.prompt_ids), request.completion_tokens))
-
-
-# --------------------------------------------------------------------------------------------------- vLLM backend
-
-
-class VLLMEngine:
-    """vLLM's AsyncLLMEngine behind the same interface as HFEngine (continuous batching on a CUDA GPU)."""
-
-    def __init__(self, model: str, adapter: Optional[str], tokenizer, model_id: str, *, stop_ids: list[int],
-                 max_batch_size: int, dtype: str = "auto", load_in_4bit: bool = False, trust_remote_code: bool = False):
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
-
-        self.tokenizer, self.model_id = tokenizer, model_id
-        self.stop_ids = _checked_stop_ids(stop_ids)
-        engine_args: dict[str, Any] = {"model": model, "max_num_seqs": max_batch_size,
-                                       "dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"),
-                                       "trust_remote_code": trust_remote_code}
-        if load_in_4bit:
-            engine_args["quantization"] = "bitsandbytes"
-        self.lora_request = None
-        if adapter:
-            from vllm.lora.request import LoRARequest
-
-            rank = json.loads((Path(adapter) / "adapter_config.json").read_text())["r"]
-            engine_args.update(enable_lora=True, max_lora_rank=max(16, rank))
-            self.lora_request = LoRARequest(model_id, 1, str(adapter))
-        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args))
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-        self.context_window = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        self.queued = 0
-
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt ids for a conversation, rendered by the tokenizer's chat template."""
-        return encode_chat(self.tokenizer, messages)
-
-    def encode_text(self, text: str) -> list[int]:
-        """Prompt ids for a raw text (no chat template)."""
-        return encode_text(self.tokenizer, text)
-
-    async def generate(self, prompt_ids: list[int], *, max_tokens: int, temperature: float,
-                       top_p: float) -> AsyncIterator[Event]:
-        """Submit one generation to vLLM and yield its events; closing the iterator early aborts the request."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p if temperature else 1.0,
-                                stop_token_ids=self.stop_ids)
-        request_id = uuid.uuid4().hex
-        sent, output = "", None
+        seeded = first.seed is not None and first.temperature > 0  # then the batch is this one request
+        if seeded:
+            # generate() takes no torch.Generator, so seed the global one. Safe here: this worker thread is the only
+            # code that runs the model or samples, and model calls never overlap (self._busy).
+            torch.manual_seed(first.seed)
         try:
-            async for output in self.engine.generate({"prompt_token_ids": prompt_ids}, params, request_id,
-                                                     lora_request=self.lora_request):
-                text = output.outputs[0].text  # cumulative
-                if len(text) > len(sent):
-                    yield TextDelta(text[len(sent):])
-                    sent = text
-        except Exception as error:  # noqa: BLE001 - report to the client
-            yield Failed(f"generation failed: {type(error).__name__}: {error}")
-            return
+            with torch.inference_mode():
+                self.model.generate(**inputs, generation_config=config,
+                                    stopping_criteria=StoppingCriteriaList([tracker]),
+                                    logits_processor=LogitsProcessorList([recorder] if recorder else []))
         finally:
-            if output is None or not output.finished:
-                await self.engine.abort(request_id)
-        completion = output.outputs[0]
-        yield Finished("stop" if completion.finish_reason == "stop" else "length", len(prompt_ids), len(completion.token_ids))
-
-    def close(self) -> None:
-        """Shut the vLLM engine down (when this vLLM version can)."""
-        shutdown = getattr(self.engine, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+            if seeded:
+                torch.seed()  # reseed from the OS, so later unseeded requests do not replay this seed's stream
+        for request in batch:
+            if request.finish_reason is None:  # generate() ended first (the model's context length)
+                request.finish_reason = "length"
+                tracker.flush(request)
 
 
-def _checked_stop_ids(stop_ids: list[int]) -> list[int]:
+def checked_stop_ids(stop_ids: list[int]) -> list[int]:
     """The stop ids as a list; without any, every answer would run to max_tokens."""
     if not stop_ids:
         raise ValueError("stop_ids is empty: pass the chat format's end-of-turn token ids (loaded.stop_ids)")
     return [int(token_id) for token_id in stop_ids]
-
-
-def check_vllm_available() -> None:
-    """Raise a clear error when the vllm backend cannot run here."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("--backend vllm needs the vllm package (pip install 'llm-dojo[vllm]'); "
-                           "use --backend hf to serve with transformers")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--backend vllm needs a CUDA GPU and none is visible; use --backend hf")
