@@ -184,3 +184,31 @@ def test_a_training_run_prints_no_warning_a_user_cannot_act_on(tmp_path):
     assert code == 0, err
     noisy = [line for line in err.splitlines() if "warn" in line.lower()]
     assert noisy == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chat", "--adapter", "/missing", "--prompt", "hi"], "--adapter /missing: no adapter_config.json there"),
+    (["generate", "--adapter", "/missing", "--input", "{prompts}", "--output", "{answers}"],
+     "/missing/adapter_config.json not found: --adapter must be a folder written by `dojo train`"),
+    (["serve", "--adapter", "/missing", "--port", "0"], "--adapter /missing: no adapter_config.json there"),
+    (["chat", "--model", "./no-such-model", "--prompt", "hi"], "--model './no-such-model': folder not found"),
+])
+def test_inference_commands_name_a_missing_adapter_or_model(args, message, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    args = [a.format(prompts=prompts, answers=tmp_path / "answers.jsonl") for a in args]
+    code, err, _ = dojo(*args)
+    assert code == 2 and "Traceback" not in err and message in err, err
+
+
+def test_inspect_prints_no_library_warning():
+    code, err, _ = dojo("inspect", DEMO, "-n", "0")
+    assert code == 0 and [line for line in err.splitlines() if "WARN" in line.upper()] == []
+
+
+def test_demo_data_and_questions_share_one_neutral_system_prompt():
+    from llm_dojo import demo
+
+    records = [json.loads(line) for line in (ROOT / "data" / "demo_identity.jsonl").read_text().splitlines()]
+    systems = {r.get("system") or r["messages"][0]["content"] for r in records}
+    assert systems == {demo.SYSTEM_PROMPT} and "SmolLM" not in demo.SYSTEM_PROMPT
