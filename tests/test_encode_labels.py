@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import family_tokenizer
+from conftest import TOOL_RECORD, TOOLS, family_tokenizer
 from llm_dojo.data.chat_format import resolve_chat_format
 from llm_dojo.data.encode import IGNORE_INDEX, encode_conversation, encode_dataset
 from llm_dojo.data.records import Conversation
@@ -143,19 +143,6 @@ def test_tokenizer_without_template_and_auto_gives_a_clear_error(smol_tokenizer)
     assert resolve_chat_format(bare, "smollm2").terminator == "<|im_end|>"
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                            "parameters": {"type": "object",
-                                                           "properties": {"city": {"type": "string"}}}}}]
-TOOL_RECORD = {
-    "tools": TOOLS,
-    "messages": [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "tool_calls": [{"type": "function",
-                                              "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "content": "18 C, sunny"},
-        {"role": "assistant", "content": "It is 18 C and sunny in Paris."},
-    ],
-}
 
 
 @pytest.mark.parametrize("name", ["qwen2.5", "qwen3", "llama3.1"])

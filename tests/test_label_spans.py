@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import family_tokenizer
+from conftest import TOOL_RECORD, TOOLS, family_tokenizer
 from llm_dojo.data.chat_format import resolve_chat_format
 from llm_dojo.data.encode import encode_conversation
 from llm_dojo.data.records import to_conversation
@@ -51,19 +51,6 @@ def test_answer_equal_to_the_end_of_a_question_is_trained_only_in_its_own_turn(n
     assert trained_char_spans(tokenizer, text, sample) == expected
 
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
-                                            "parameters": {"type": "object",
-                                                           "properties": {"city": {"type": "string"}}}}}]
-TOOL_RECORD = {
-    "tools": TOOLS,
-    "messages": [
-        {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "tool_calls": [{"type": "function",
-                                              "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-        {"role": "tool", "content": "18 C, sunny"},
-        {"role": "assistant", "content": "It is 18 C and sunny in Paris."},
-    ],
-}
 
 # The tool call as each official template writes it, after that template's assistant header (written out by hand).
 TOOL_CALL_RENDERINGS = {
