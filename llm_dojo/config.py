@@ -98,6 +98,12 @@ class DojoTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=5, metadata={"help": "log every N steps"})
     save_strategy: str = field(default="no", metadata={"help": "no | steps | epoch (checkpoints during training)"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "keep our columns (position_ids)"})
+    micro_batch_tokens: Optional[int] = field(
+        default=None,
+        metadata={"help": "most real tokens per forward/backward; bigger batches are split into micro-batches of "
+                          "whole rows and accumulated (same update). Unset: one max_len row on a CPU, no split on a "
+                          "GPU"},
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a trained output already in output_dir (else the run stops)"}
     )
@@ -242,6 +248,8 @@ def validate(config: TrainConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: 'learning_rate' must be positive, got {args.learning_rate}")
     if args.max_steps <= 0 and not args.num_train_epochs > 0:
         raise ConfigError(f"{origin}: 'num_train_epochs' must be positive (or set max_steps), got {args.num_train_epochs}")
+    if args.micro_batch_tokens is not None and args.micro_batch_tokens < 16:
+        raise ConfigError(f"{origin}: 'micro_batch_tokens' must be at least 16 (or unset), got {args.micro_batch_tokens}")
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, key) < 1:
             raise ConfigError(f"{origin}: '{key}' must be at least 1, got {getattr(args, key)}")

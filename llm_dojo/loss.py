@@ -17,7 +17,7 @@ from llm_dojo.data.encode import IGNORE_INDEX
 
 
 # Batch entries that are not model inputs: the labels, and the counts CountingCollator adds (recipes/trainer.py).
-COUNT_KEYS = ("num_real_tokens", "num_samples")
+COUNT_KEYS = ("num_real_tokens", "num_samples", "row_lengths")
 NOT_MODEL_INPUTS = ("labels",) + COUNT_KEYS
 
 

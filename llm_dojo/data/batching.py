@@ -142,3 +142,35 @@ def rows_as_records(rows: Iterable[PackedRow]) -> list[dict]:
 def samples_as_records(samples: Iterable[EncodedSample]) -> list[dict]:
     """Encoded samples as plain dicts for the padded path."""
     return [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
+
+
+# Batch entries that have one row per sample along dimension 0 and positions along dimension 1.
+ROW_KEYS = ("input_ids", "labels", "position_ids", "attention_mask")
+
+
+def split_by_token_budget(batch: dict, row_lengths: list[int], budget: int) -> list[dict]:
+    """Split a collated batch into micro-batches of whole rows holding at most `budget` real tokens each.
+
+    Rows keep their order; a row longer than the budget forms a micro-batch of its own. Each micro-batch is cut
+    to the width of its longest row: collators pad at the end of a row, so nothing real is cut. Batches that are
+    one flattened row (the flash-attention collator's cu_seq_lens) are returned whole.
+    """
+    if "cu_seq_lens_q" in batch or len(row_lengths) <= 1:
+        return [batch]
+    groups: list[list[int]] = [[]]
+    used = 0
+    for index, length in enumerate(row_lengths):
+        if groups[-1] and used + length > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(index)
+        used += length
+    if len(groups) == 1:
+        return [batch]
+    micro_batches = []
+    for group in groups:
+        width = max(row_lengths[i] for i in group)
+        rows = torch.tensor(group)
+        micro_batches.append({key: value[rows, :width] if key in ROW_KEYS else value
+                              for key, value in batch.items()})
+    return micro_batches

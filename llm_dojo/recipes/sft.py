@@ -171,6 +171,10 @@ def adjust_training_arguments(config: TrainConfig) -> None:
         args.train_sampling_strategy = "group_by_length"  # similar lengths together: less padding
     if not torch.cuda.is_available():
         args.dataloader_pin_memory = False  # pinned memory only helps copies to a GPU (and warns without one)
+        if args.micro_batch_tokens is None:
+            # On a CPU one max_len row per forward is the fastest and leanest (FIELD_NOTES: batch 1 × accumulation
+            # 8 ran 1.3× faster at 2.8 GiB than batch 8 at 10.5–21 GiB): split bigger batches into such rows.
+            args.micro_batch_tokens = config.data.max_len
     if args.gradient_checkpointing and not args.gradient_checkpointing_kwargs:
         args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     prepare_liger_kernel(args)

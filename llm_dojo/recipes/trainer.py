@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
+from llm_dojo.data.batching import split_by_token_budget
 from llm_dojo.loss import trained_positions_loss
 
 
@@ -21,7 +22,8 @@ class CountingCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.collator(rows)
-        batch["num_real_tokens"] = torch.tensor(sum(len(row["input_ids"]) for row in rows))
+        batch["row_lengths"] = torch.tensor([len(row["input_ids"]) for row in rows])
+        batch["num_real_tokens"] = batch["row_lengths"].sum()
         # A packed row holds one sample per position 0; an unpacked one is one sample.
         batch["num_samples"] = torch.tensor(sum(row["position_ids"].count(0) if "position_ids" in row else 1
                                                 for row in rows))
@@ -33,6 +35,11 @@ class DojoTrainer(Trainer):
 
     The summed token loss is divided by `num_items_in_batch` — the number of trained tokens in the whole
     gradient-accumulation window, counted by the Trainer — so 4 micro-batches of b equal one batch of 4b.
+
+    Token budget: a batch whose rows hold more than `args.micro_batch_tokens` real tokens is split into
+    micro-batches of whole rows under the budget, each run forward and backward on its own. Every part is
+    normalised by the same count, so the summed gradients equal the unsplit batch's, while peak memory follows
+    the budget instead of the batch size.
     """
 
     def __init__(self, *args, **kwargs):
@@ -44,10 +51,20 @@ class DojoTrainer(Trainer):
         self.real_tokens_seen = 0
         self.samples_seen = 0
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training and "num_real_tokens" in inputs:
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "num_real_tokens" in inputs:  # counted here, once per batch actually trained (see CountingCollator)
             self.real_tokens_seen += int(inputs["num_real_tokens"])
             self.samples_seen += int(inputs["num_samples"])
+        budget = getattr(self.args, "micro_batch_tokens", None)
+        lengths = inputs["row_lengths"].tolist() if "row_lengths" in inputs else []
+        parts = split_by_token_budget(inputs, lengths, budget) if budget and lengths else [inputs]
+        loss = None
+        for part in parts:  # forward + backward per part; gradients add up in the parameters' .grad
+            part_loss = super().training_step(model, part, num_items_in_batch)
+            loss = part_loss if loss is None else loss + part_loss
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, _ = trained_positions_loss(model, inputs, num_items_in_batch)
         return (loss, None) if return_outputs else loss
 

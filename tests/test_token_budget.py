@@ -1,0 +1,100 @@
+"""Token-budget micro-batches: a batch bigger than `micro_batch_tokens` is split into rows under the budget and
+accumulated, and the update equals the unsplit one, on the packed and the padded path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, rows_as_records,
+                                    samples_as_records, split_by_token_budget)
+from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
+from llm_dojo.recipes.outputs import ListDataset
+from llm_dojo.recipes.trainer import CountingCollator, DojoTrainer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def samples(count: int, seed: int) -> list[EncodedSample]:
+    """Samples of 10–60 tokens whose second half is trained."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for index in range(count):
+        length = int(torch.randint(10, 60, (1,), generator=generator))
+        ids = torch.randint(5, 1000, (length,), generator=generator).tolist()
+        labels = [IGNORE_INDEX] * (length // 2) + ids[length // 2:]
+        out.append(EncodedSample(ids, labels, f"s{index}"))
+    return out
+
+
+def test_split_keeps_row_order_budget_and_trims_padding():
+    rows = [{"input_ids": [1] * n, "labels": [1] * n, "position_ids": list(range(n))} for n in (30, 50, 20, 70)]
+    batch = CountingCollator(PackedCollator(0))(rows)
+    parts = split_by_token_budget(batch, batch["row_lengths"].tolist(), budget=80)
+    assert [p["input_ids"].shape for p in parts] == [torch.Size([2, 50]), torch.Size([1, 20]), torch.Size([1, 70])]
+    assert torch.equal(parts[0]["input_ids"], batch["input_ids"][:2, :50])
+    assert split_by_token_budget(batch, batch["row_lengths"].tolist(), budget=170) == [batch]  # fits: unsplit
+
+
+def test_a_flattened_flash_attention_batch_is_never_split():
+    rows = [{"input_ids": [1] * n, "labels": [1] * n, "position_ids": list(range(n))} for n in (30, 50)]
+    batch = PackedCollator(0, flatten=True)(rows)
+    assert split_by_token_budget(batch, [30, 50], budget=16) == [batch]
+
+
+def one_step(model_dir: str, output_dir, records: list[dict], collator, budget) -> tuple[dict, int]:
+    """Parameters after one SGD step over all `records` as ONE batch, and how many forward passes it took."""
+    from transformers import AutoModelForCausalLM
+
+    from llm_dojo.config import DojoTrainingArguments
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    forwards = []
+    model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    args = DojoTrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=len(records), gradient_accumulation_steps=1,
+        max_steps=1, learning_rate=0.1, optim="sgd", lr_scheduler_type="constant",
+        train_sampling_strategy="sequential", use_cpu=True, report_to="none", save_strategy="no",
+        remove_unused_columns=False, micro_batch_tokens=budget, dataloader_pin_memory=False,
+    )
+    trainer = DojoTrainer(model=model, args=args, train_dataset=ListDataset(records),
+                          data_collator=CountingCollator(collator))
+    trainer.train()
+    return {k: v.detach().clone() for k, v in model.named_parameters()}, len(forwards)
+
+
+@pytest.mark.parametrize("path", ["packed", "padded"])
+def test_the_split_update_equals_the_unsplit_one(path, tiny_model_dir, tmp_path):
+    encoded = samples(12, seed=3)
+    if path == "packed":
+        records, collator = rows_as_records(build_packed_rows(encoded, capacity=100))[:4], PackedCollator(0)
+    else:
+        records, collator = samples_as_records(encoded[:4]), PaddedCollator(0)
+    assert len(records) == 4
+    whole, whole_forwards = one_step(tiny_model_dir("llama"), tmp_path / "whole", records, collator, None)
+    split, split_forwards = one_step(tiny_model_dir("llama"), tmp_path / "split", records, collator, 100)
+    assert whole_forwards == 1 and split_forwards > 1  # the budget really split the batch
+    worst = max((whole[k] - split[k]).abs().max().item() for k in whole)
+    moved = max((whole[k] - tiny_start(tiny_model_dir)[k]).abs().max().item() for k in whole)
+    assert moved > 1e-4 and worst < 1e-6, (moved, worst)
+
+
+def tiny_start(tiny_model_dir) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_a_cpu_run_defaults_to_one_max_len_row_per_forward():
+    from llm_dojo.config import load_config
+    from llm_dojo.recipes.sft import adjust_training_arguments
+
+    config = load_config(None, ["train_data_path=x.jsonl", "max_len=256", "per_device_train_batch_size=8"])
+    assert config.training.micro_batch_tokens is None
+    adjust_training_arguments(config)
+    assert config.training.micro_batch_tokens == (None if torch.cuda.is_available() else 256)
+    explicit = load_config(None, ["train_data_path=x.jsonl", "micro_batch_tokens=2048"])
+    adjust_training_arguments(explicit)
+    assert explicit.training.micro_batch_tokens == 2048  # the user's setting wins
