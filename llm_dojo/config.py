@@ -35,8 +35,8 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "run code shipped with the model (off by default)"})
     attn_implementation: Optional[str] = field(
         default=None,
-        metadata={"help": "unset: transformers' choice (SDPA where the architecture supports it, else eager) | sdpa | "
-                          "eager | flash_attention_2 (GPU + flash-attn package)"},
+        metadata={"help": "unset: per-sample attention (dojo_packed) for packed rows on a CPU, else transformers' "
+                          "choice | sdpa | eager | flash_attention_2 (GPU + flash-attn package) | dojo_packed"},
     )
     model_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on a capable GPU, else fp32) | bf16 | fp16 | fp32"})
 
@@ -120,6 +120,9 @@ class TrainConfig:
     adapter: AdapterArguments
     data: DataArguments
     training: DojoTrainingArguments
+    # Keys the user wrote (config file or command line): a setting the recipe may decide itself, such as
+    # gradient_checkpointing, is only decided when it is not among them.
+    explicit_keys: frozenset = frozenset()
 
     def to_flat_dict(self) -> dict:
         """All fields as one flat dict of plain values (the resolved config written next to the adapter)."""
@@ -205,7 +208,7 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
         raise
     except (ValueError, TypeError) as err:  # raised by TrainingArguments.__post_init__ for inconsistent values
         raise ConfigError(f"{origin}: {err}") from None
-    config = TrainConfig(model_args, adapter_args, data_args, training_args)
+    config = TrainConfig(model_args, adapter_args, data_args, training_args, frozenset(values) | frozenset(cli_values))
     validate(config, origin)
     return config
 

@@ -42,14 +42,20 @@ def test_a_flattened_flash_attention_batch_is_never_split():
     assert split_by_token_budget(batch, [30, 50], budget=16) == [batch]
 
 
-def one_step(model_dir: str, output_dir, records: list[dict], collator, budget) -> tuple[dict, int]:
-    """Parameters after one SGD step over all `records` as ONE batch, and how many forward passes it took."""
+def one_step(model_dir: str, output_dir, records: list[dict], collator, budget, lora: bool = False
+             ) -> tuple[dict, dict, int]:
+    """Parameters before and after one SGD step over all `records` as ONE batch, and the forward passes it took."""
     from transformers import AutoModelForCausalLM
 
     from llm_dojo.config import DojoTrainingArguments
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian"))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
     forwards = []
     model.register_forward_pre_hook(lambda module, args: forwards.append(1))
     args = DojoTrainingArguments(
@@ -61,30 +67,23 @@ def one_step(model_dir: str, output_dir, records: list[dict], collator, budget) 
     trainer = DojoTrainer(model=model, args=args, train_dataset=ListDataset(records),
                           data_collator=CountingCollator(collator))
     trainer.train()
-    return {k: v.detach().clone() for k, v in model.named_parameters()}, len(forwards)
+    return before, {k: v.detach().clone() for k, v in model.named_parameters()}, len(forwards)
 
 
-@pytest.mark.parametrize("path", ["packed", "padded"])
-def test_the_split_update_equals_the_unsplit_one(path, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("path, lora", [("packed", False), ("padded", False), ("packed", True), ("padded", True)])
+def test_the_split_update_equals_the_unsplit_one(path, lora, tiny_model_dir, tmp_path):
     encoded = samples(12, seed=3)
     if path == "packed":
         records, collator = rows_as_records(build_packed_rows(encoded, capacity=100))[:4], PackedCollator(0)
     else:
         records, collator = samples_as_records(encoded[:4]), PaddedCollator(0)
     assert len(records) == 4
-    whole, whole_forwards = one_step(tiny_model_dir("llama"), tmp_path / "whole", records, collator, None)
-    split, split_forwards = one_step(tiny_model_dir("llama"), tmp_path / "split", records, collator, 100)
+    before, whole, whole_forwards = one_step(tiny_model_dir("llama"), tmp_path / "whole", records, collator, None, lora)
+    _, split, split_forwards = one_step(tiny_model_dir("llama"), tmp_path / "split", records, collator, 100, lora)
     assert whole_forwards == 1 and split_forwards > 1  # the budget really split the batch
+    moved = max((whole[k] - before[k]).abs().max().item() for k in whole)
     worst = max((whole[k] - split[k]).abs().max().item() for k in whole)
-    moved = max((whole[k] - tiny_start(tiny_model_dir)[k]).abs().max().item() for k in whole)
-    assert moved > 1e-4 and worst < 1e-6, (moved, worst)
-
-
-def tiny_start(tiny_model_dir) -> dict:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert moved > 1e-4 and worst < 1e-6, (moved, worst)  # fp32: the parts only reorder the gradients' sums
 
 
 def test_a_cpu_run_defaults_to_one_max_len_row_per_forward():
@@ -98,3 +97,28 @@ def test_a_cpu_run_defaults_to_one_max_len_row_per_forward():
     explicit = load_config(None, ["train_data_path=x.jsonl", "micro_batch_tokens=2048"])
     adjust_training_arguments(explicit)
     assert explicit.training.micro_batch_tokens == 2048  # the user's setting wins
+
+
+def test_checkpointing_is_chosen_from_the_memory_a_forward_needs_unless_the_user_set_it(tiny_model_dir, monkeypatch):
+    import psutil
+    from transformers import AutoModelForCausalLM
+
+    from llm_dojo.config import load_config
+    from llm_dojo.recipes import sft
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
+    per_token = sft.activation_bytes_per_token(model.config, 4)
+    assert per_token == 2 * 4 * (12 * 64 + 4 * 128)
+
+    def run(free_bytes: int, *overrides: str) -> bool:
+        monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": free_bytes})())
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        config = load_config(None, ["train_data_path=x.jsonl", "max_len=1000", "micro_batch_tokens=1000", *overrides])
+        sft.choose_checkpointing(config, model)
+        return config.training.gradient_checkpointing
+
+    needed = 1000 * per_token
+    assert run(needed * 100) is False  # fits comfortably: no recomputation
+    assert run(needed * 2) is True  # would take half the free memory: checkpoint
+    assert run(needed * 2, "gradient_checkpointing=false") is False  # the user's explicit choice wins
+    assert run(needed * 100, "gradient_checkpointing=true") is True
