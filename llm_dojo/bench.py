@@ -1,18 +1,22 @@
-"""`dojo bench`: training throughput of three stacks on the same model, data, LoRA and seed, one subprocess each.
+"""`dojo bench`: training throughput of four runs on the same model, data, LoRA and seed, one subprocess each.
 
-    dojo bench [--short] [--steps N] [--samples N] [--runs hf_padded,trl,dojo] [--output FILE.json]
+    dojo bench [--short] [--steps N] [--samples N] [--runs hf_padded,trl,trl_bs1,dojo] [--output FILE.json]
 
 - hf_padded: plain `transformers.Trainer` + PEFT; each batch of 8 padded to its longest sample
   (`DataCollatorForSeq2Seq`), labels from our encoder, the model's own full-logits loss.
 - trl: TRL `SFTTrainer` with packing (its default "bfd" strategy, padding-free), batch 8, conversational
   `messages` data, assistant-only loss.
-- dojo: our `train()` — best-fit-decreasing packed rows of ≤1,024 tokens, one row per forward pass and two
-  per optimizer step (≈ the tokens of 8 samples), loss only at trained positions.
+- trl_bs1: the best peer setting measured on this CPU: TRL packing with per-device batch 1 (one ≤1,024-token
+  packed sequence per forward), accumulated over `batch_size` forwards so an update sees as many sequences.
+- dojo: our `train()` with a user's usual settings — batch 8 and nothing else: packed rows of ≤1,024 tokens,
+  the token budget, attention and checkpointing dojo chooses itself (one row per forward on a CPU).
 
-Every run uses LoRA r=16 on all linear layers, alpha 32, dropout 0.05, fp32, SDPA and gradient checkpointing.
-Each run reports real (non-pad) tokens/s over its training loop, the share of fed tokens that are padding,
-its process's peak resident memory, the mean training loss, and the held-out loss of its saved adapter over the
-whole held-out split (same samples, same function for all three). The last line printed is one JSON object.
+Every run uses LoRA r=16 on all linear layers, alpha 32, dropout 0.05 and fp32; the three peer runs use SDPA and
+gradient checkpointing. Tokens are counted for every run by one instrument, a forward pre-hook on the model
+(TokenCounter). Each run reports real (non-pad) tokens/s over its training loop, the share of fed tokens that are
+padding, its process's peak resident memory and whole-process wall time (load + data + training + evaluation),
+the mean training loss, and the held-out loss of its saved adapter over the whole held-out split (same samples,
+same function for all). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from typing import Optional
 
 logger = logging.getLogger(__name__)
 
-RUNS = ("hf_padded", "trl", "dojo")
-RESULT_KEYS = ("tokens_per_s", "pad_fraction", "peak_rss_mb", "train_loss", "eval_loss")
+RUNS = ("hf_padded", "trl", "trl_bs1", "dojo")
+RESULT_KEYS = ("tokens_per_s", "pad_fraction", "peak_rss_mb", "wall_seconds", "train_loss", "eval_loss")
 
 # SmolLM2's official template with TRL's `{% generation %}` markers around each assistant answer and its
 # <|im_end|>: TRL cannot patch this template itself ("patching is not supported for this template"), and its
@@ -62,11 +66,8 @@ class BenchSettings:
     steps: int = 0  # optimizer steps per run; 0 = one epoch
     seed: int = 0
     learning_rate: float = 2e-4
-    batch_size: int = 8  # hf_padded samples per step; trl packed sequences per step
+    batch_size: int = 8  # per optimizer step: hf_padded samples, trl packed sequences, dojo packed rows
     max_len: int = 1024  # truncation length for every run, and TRL's packed-sequence length
-    dojo_row_len: int = 1024  # dojo's packed row capacity (also its max_len: no sample may exceed it)
-    dojo_rows_per_step: int = 1  # rows per forward pass (1: nothing is padded)
-    dojo_grad_accum: int = 2  # rows per optimizer step: ≈2,000 tokens per update, like 8 samples of hf_padded
     lora_rank: int = 16
     lora_alpha: float = 32
     lora_dropout: float = 0.05
@@ -206,8 +207,11 @@ def run_hf_padded(settings: BenchSettings, train_path: Path, out: Path) -> dict:
                 train_loss=result.training_loss, optimizer_steps=result.global_step)
 
 
-def run_trl(settings: BenchSettings, train_path: Path, out: Path) -> dict:
-    """TRL SFTTrainer: packing (default bfd strategy → padding-free), batch 8, assistant-only loss."""
+def run_trl(settings: BenchSettings, train_path: Path, out: Path, per_device: Optional[int] = None) -> dict:
+    """TRL SFTTrainer: packing (default bfd strategy → padding-free), batch 8, assistant-only loss.
+
+    `per_device=1` is the trl_bs1 run: one packed sequence per forward, accumulated to `batch_size` per update.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -218,9 +222,11 @@ def run_trl(settings: BenchSettings, train_path: Path, out: Path) -> dict:
     _check_same_rendering(tokenizer, records)
     tokenizer.chat_template = SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS
     model = load_base(settings)
-    args = SFTConfig(packing=True, max_length=settings.max_len, per_device_train_batch_size=settings.batch_size,
+    per_device = per_device or settings.batch_size
+    args = SFTConfig(packing=True, max_length=settings.max_len, per_device_train_batch_size=per_device,
+                     gradient_accumulation_steps=max(1, settings.batch_size // per_device),
                      assistant_only_loss=True, bf16=False,  # fp32 like the others (TRL defaults to bf16)
-                      **common_training_args(settings, out))
+                     **common_training_args(settings, out))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
                          processing_class=tokenizer, peft_config=lora_config(model, settings))
     counter = TokenCounter(trainer.model)
@@ -245,40 +251,44 @@ def _check_same_rendering(tokenizer, records: list[dict]) -> None:
             raise ValueError("the generation-marked template renders differently from the official one")
 
 
+def run_trl_bs1(settings: BenchSettings, train_path: Path, out: Path) -> dict:
+    """TRL with per-device batch 1 (its best setting on this CPU), the same sequences per update."""
+    return run_trl(settings, train_path, out, per_device=1)
+
+
 def run_dojo(settings: BenchSettings, train_path: Path, out: Path) -> dict:
-    """Our `train()`: packed rows of `dojo_row_len` tokens, `dojo_rows_per_step` per forward, accumulated."""
+    """Our `train()` as a user runs it: batch 8, everything else dojo's defaults."""
     from llm_dojo.config import load_config
-    from llm_dojo.models.loading import load_tokenizer
+    from llm_dojo.recipes import trainer as dojo_trainer
     from llm_dojo.recipes.sft import train
 
     common = common_training_args(settings, out)
     overrides = {
         "model_name_or_path": settings.model, "train_data_path": str(train_path), "model_dtype": "fp32",
-        "attn_implementation": "sdpa", "lora_rank": settings.lora_rank, "lora_alpha": settings.lora_alpha,
-        "lora_dropout": settings.lora_dropout, "lora_target_modules": "all-linear", "packing": True,
-        "max_len": settings.dojo_row_len, "per_device_train_batch_size": settings.dojo_rows_per_step,
-        "gradient_accumulation_steps": settings.dojo_grad_accum,
-        "include_num_input_tokens_seen": True,
-        **{k: v for k, v in common.items() if k != "gradient_checkpointing_kwargs"},  # train() sets the same kwargs
+        "lora_rank": settings.lora_rank, "lora_alpha": settings.lora_alpha, "lora_dropout": settings.lora_dropout,
+        "lora_target_modules": "all-linear", "max_len": settings.max_len,
+        "per_device_train_batch_size": settings.batch_size, "overwrite_output_dir": True,
+        # the user's usual settings: dojo chooses checkpointing, attention and the token budget itself
+        **{k: v for k, v in common.items() if not k.startswith("gradient_checkpointing")},
     }
+    counters = []
+    original_init = dojo_trainer.DojoTrainer.__init__
+
+    def init_with_counter(self, *args, **kwargs):  # the same instrument as the other runs, on dojo's model
+        original_init(self, *args, **kwargs)
+        counters.append(TokenCounter(self.model))
+
+    dojo_trainer.DojoTrainer.__init__ = init_with_counter  # in this run's own subprocess only
     # Strings are quoted: the override parser reads YAML, where a bare `no` would become False.
     config = load_config(None, [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in overrides.items()])
     summary = train(config)
     rss = peak_rss_mb()
-    fed = max(e.get("num_input_tokens_seen", 0) for e in summary["log_history"])
-    if settings.dojo_rows_per_step == 1:
-        real = fed  # one packed row per step: nothing is padded
-    else:  # several rows per step are padded to the longest; only a whole epoch tells the real count exactly
-        if settings.steps > 0:
-            raise ValueError("dojo_rows_per_step > 1 needs a full epoch (steps=0) to count real tokens exactly")
-        real = sum(len(s.input_ids) for s in encode_file(train_path, load_tokenizer(settings.model),
-                                                          settings.dojo_row_len))
-    steps = max((e.get("step", 0) for e in summary["log_history"]), default=0)
-    return dict(train_seconds=summary["train_seconds"], real_tokens=real, fed_tokens=fed, peak_rss_mb=rss,
-                train_loss=summary["train_loss"], optimizer_steps=steps, adapter=str(out))
+    return dict(train_seconds=summary["train_seconds"], real_tokens=counters[0].real, fed_tokens=counters[0].fed,
+                peak_rss_mb=rss, train_loss=summary["train_loss"], optimizer_steps=summary["steps"],
+                adapter=str(out))
 
 
-RUNNERS = {"hf_padded": run_hf_padded, "trl": run_trl, "dojo": run_dojo}
+RUNNERS = {"hf_padded": run_hf_padded, "trl": run_trl, "trl_bs1": run_trl_bs1, "dojo": run_dojo}
 
 # `--short`: two optimizer steps per run with two samples / packed sequences / rows each, 8 held-out records.
 # TRL's default step (8 packed sequences joined into one ~8,000-token row) takes 5-8 minutes alone on a 2-core
@@ -321,11 +331,13 @@ def run_in_subprocess(run: str, settings: BenchSettings) -> dict:
 
 
 def format_table(results: dict) -> str:
-    header = f"{'run':<10} {'tok/s':>8} {'pad':>6} {'peak MB':>9} {'train loss':>11} {'eval loss':>10} {'steps':>6}"
+    header = (f"{'run':<10} {'tok/s':>8} {'pad':>6} {'peak MB':>9} {'wall s':>8} {'train loss':>11} "
+              f"{'eval loss':>10} {'steps':>6}")
     lines = [header]
     for run, r in results.items():
         lines.append(f"{run:<10} {r['tokens_per_s']:>8.1f} {r['pad_fraction']:>6.1%} {r['peak_rss_mb']:>9.0f} "
-                     f"{r['train_loss']:>11.4f} {r['eval_loss']:>10.4f} {r['optimizer_steps']:>6}")
+                     f"{r['wall_seconds']:>8.1f} {r['train_loss']:>11.4f} {r['eval_loss']:>10.4f} "
+                     f"{r['optimizer_steps']:>6}")
     return "\n".join(lines)
 
 
@@ -333,7 +345,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dojo bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = BenchSettings()
-    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of hf_padded,trl,dojo")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
     parser.add_argument("--short", action="store_true",
                         help="a smoke-sized run that finishes in minutes on a CPU: " + ", ".join(
                             f"--{k.replace('_', '-')} {v}" for k, v in SHORT_MODE.items())
@@ -342,18 +354,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="optimizer steps per run (default 0: one epoch)")
     parser.add_argument("--samples", type=int, help=f"training records (default {defaults.samples})")
     parser.add_argument("--eval-samples", type=int, help=f"held-out records (default {defaults.eval_samples})")
-    parser.add_argument("--batch-size", type=int, help=f"hf_padded samples and trl packed sequences per "
+    parser.add_argument("--batch-size", type=int, help=f"hf_padded samples, trl sequences and dojo rows per "
                         f"optimizer step (default {defaults.batch_size})")
     parser.add_argument("--model", default=defaults.model, help="model (default: the embedded SmolLM2-135M)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--max-len", type=int, default=defaults.max_len,
                         help="truncation length of every run, TRL's packed length and dojo's row length")
-    parser.add_argument("--dojo-row-len", type=int, help="dojo's packed row length (default: --max-len; "
-                        "shorter rows truncate the samples that do not fit)")
-    parser.add_argument("--dojo-rows-per-step", type=int, default=defaults.dojo_rows_per_step)
-    parser.add_argument("--dojo-grad-accum", type=int, default=defaults.dojo_grad_accum,
-                        help="dojo rows per optimizer step (accumulated one forward at a time)")
     parser.add_argument("--output", help="also write the results JSON to this file")
     parser.add_argument("--workdir", help="keep data, adapters and logs here (default: a temporary folder)")
     parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
@@ -385,8 +392,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         settings = BenchSettings(model=args.model, samples=args.samples, eval_samples=args.eval_samples,
                                  steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                  learning_rate=args.learning_rate,
-                                 max_len=args.max_len, dojo_row_len=args.dojo_row_len or args.max_len,
-                                 dojo_rows_per_step=args.dojo_rows_per_step, dojo_grad_accum=args.dojo_grad_accum,
+                                 max_len=args.max_len,
                                  workdir=str(Path(args.workdir or scratch).resolve()))
         Path(settings.workdir).mkdir(parents=True, exist_ok=True)
         write_data(settings)
