@@ -25,7 +25,6 @@ from llm_dojo.models.adapters import build_optimizer, count_parameters, make_tra
 from llm_dojo.models.loading import load_model, load_tokenizer, parse_dtype
 from llm_dojo.preflight import check_model, check_output_dir
 from llm_dojo.recipes.outputs import ListDataset, adapter_card, heldout_loss, save_outputs
-from llm_dojo.recipes.trainer import CountingCollator
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def train(config: TrainConfig, return_model: bool = False):
     """Run one fine-tuning job and return a summary (losses, timings); with return_model, (summary, model)."""
     from transformers import set_seed
 
-    from llm_dojo.recipes.trainer import DojoTrainer  # imports transformers' Trainer: not needed for --help
+    from llm_dojo.recipes.trainer import CountingCollator, DojoTrainer  # transformers' Trainer: not for --help
 
     args = config.training
     check_model(config.model.model_name_or_path)
