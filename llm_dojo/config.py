@@ -16,6 +16,7 @@ from typing import Literal, Optional
 from transformers import HfArgumentParser, TrainingArguments
 
 from llm_dojo.config_io import ConfigError, parse_overrides, read_yaml  # noqa: F401 (ConfigError is re-exported)
+from llm_dojo.data.sources import data_entries
 
 
 logger = logging.getLogger(__name__)
@@ -138,9 +139,9 @@ def config_for_saving(config: TrainConfig) -> dict:
     """The flat config written next to the outputs, with local data paths made absolute so it loads from anywhere."""
     flat = config.to_flat_dict()
     for key in DATA_PATH_KEYS:
-        if isinstance(flat.get(key), str):
-            flat[key] = ",".join(str(Path(e.strip()).resolve()) if Path(e.strip()).expanduser().exists() else e.strip()
-                                 for e in flat[key].split(",") if e.strip())
+        if isinstance(flat.get(key), str) and flat[key].strip():
+            flat[key] = ",".join(str(Path(e).resolve()) if Path(e).expanduser().exists() else e
+                                 for e in data_entries(flat[key]))
     return flat
 
 
@@ -224,10 +225,10 @@ def paths_relative_to(values: dict, folder: Path) -> dict:
     """
     resolved = dict(values)
     for key in DATA_PATH_KEYS:
-        if not isinstance(values.get(key), str):
+        if not isinstance(values.get(key), str) or not values[key].strip():
             continue
         entries = []
-        for entry in (part.strip() for part in values[key].split(",") if part.strip()):
+        for entry in data_entries(values[key]):
             candidate = Path(entry).expanduser()
             beside_config = folder / candidate
             if candidate.is_absolute() or not beside_config.exists():

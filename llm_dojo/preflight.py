@@ -20,9 +20,9 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from llm_dojo.config_io import ConfigError, parse_overrides, read_yaml
+from llm_dojo.data.sources import DATA_SUFFIXES, data_entries
 from llm_dojo.models.embedded import EMBEDDED_ALIAS
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 HUB_TIMEOUT_S = 3
 
 # Files that show a folder holds the result of a training run or a merge.
@@ -99,7 +99,7 @@ def nearest_existing_parent(path: Path) -> Optional[Path]:
 
 def check_data_path(value: str, key: str, config_folder: Optional[Path]) -> None:
     """Every comma-separated entry that names a data file (by its suffix) must exist, beside the config or here."""
-    for entry in (part.strip() for part in value.split(",") if part.strip()):
+    for entry in data_entries(value) if value.strip() else []:
         if not entry.lower().endswith(DATA_SUFFIXES):
             continue  # a folder, or a hub dataset name: checked when read
         candidate = Path(entry).expanduser()

@@ -242,7 +242,7 @@ def decide_4bit(requested: Optional[bool], adapter: Optional[str]) -> bool:
 def load_from_args(args: argparse.Namespace, *, weights: bool = True) -> LoadedModel:
     """Model, tokenizer, chat format and stop ids for the arguments of add_model_arguments (weights=False: no model)."""
     from llm_dojo.models.embedded import resolve_model_path
-    from llm_dojo.models.loading import (load_model, load_tokenizer, parse_dtype, read_adapter_base,
+    from llm_dojo.models.loading import (load_tokenizer, load_with_adapter, parse_dtype, read_adapter_base,
                                          tokenizer_source)
 
     from llm_dojo.preflight import check_model
@@ -259,13 +259,8 @@ def load_from_args(args: argparse.Namespace, *, weights: bool = True) -> LoadedM
     chat_format = chat_format_for_inference(tokenizer, args.adapter, resolve_model_path(base))
     model = None
     if weights:
-        model = load_model(base, load_in_4bit=load_in_4bit, dtype=parse_dtype(args.dtype),
-                           trust_remote_code=args.trust_remote_code)
-        if args.adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, args.adapter)
-        model.eval()
+        model = load_with_adapter(base, args.adapter, dtype=parse_dtype(args.dtype), load_in_4bit=load_in_4bit,
+                                  trust_remote_code=args.trust_remote_code)
     stop_ids = stop_token_ids(tokenizer, model, chat_format)
     logger.info("chat format '%s': a turn ends at %s", chat_format.name, tokenizer.convert_ids_to_tokens(stop_ids))
     return LoadedModel(model, tokenizer, chat_format, stop_ids, resolve_model_path(base), load_in_4bit)

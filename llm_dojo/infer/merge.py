@@ -39,8 +39,8 @@ import torch
 from llm_dojo.data.chat_format import ChatFormat, chat_format_for_inference
 from llm_dojo.infer.common import pad_token_id, stop_token_ids
 from llm_dojo.models.embedded import resolve_model_path
-from llm_dojo.models.loading import (load_model, load_tokenizer, parse_dtype, read_adapter_base, tokenizer_source,
-                                     trained_in_4bit)
+from llm_dojo.models.loading import (load_model, load_tokenizer, load_with_adapter, parse_dtype, read_adapter_base,
+                                     tokenizer_source, trained_in_4bit)
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,7 @@ def training_path_4bit(model) -> Iterator[None]:
 def adapter_on_4bit_logits(base: str, adapter: str, dtype: torch.dtype, ids: torch.Tensor,
                            trust_remote_code: bool) -> torch.Tensor:
     """What QLoRA training saw: the 4-bit base + the adapter, on the probe prompt (a fresh 4-bit copy)."""
-    from peft import PeftModel
-
-    model = load_model(base, load_in_4bit=True, dtype=dtype, trust_remote_code=trust_remote_code)
-    model = PeftModel.from_pretrained(model, adapter).eval()
+    model = load_with_adapter(base, adapter, dtype=dtype, load_in_4bit=True, trust_remote_code=trust_remote_code)
     with training_path_4bit(model):
         logits = probe_logits(model, ids)
     del model

@@ -164,10 +164,23 @@ def load_for_inference(
             raise ValueError("give --model, --adapter, or both")
         model_name_or_path = read_adapter_base(adapter)
     tokenizer = load_tokenizer(tokenizer_source(model_name_or_path, adapter), trust_remote_code=trust_remote_code)
+    model = load_with_adapter(model_name_or_path, adapter, dtype=dtype, load_in_4bit=load_in_4bit,
+                              trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def load_with_adapter(
+    model_name_or_path: str,
+    adapter: Optional[str],
+    *,
+    dtype: Optional[torch.dtype] = None,
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+):
+    """The base model with the PEFT adapter on top (when given), in eval mode."""
     model = load_model(model_name_or_path, load_in_4bit=load_in_4bit, dtype=dtype, trust_remote_code=trust_remote_code)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
-    return model, tokenizer
+    return model.eval()

@@ -163,7 +163,7 @@ def run_summary(trainer, data, seconds: float, interrupted: bool) -> dict:
 
 
 def adjust_training_arguments(config: TrainConfig) -> None:
-    """Settings the recipe decides for the Trainer: sampling order, checkpointing kwargs, Liger's kernels."""
+    """Settings the recipe decides for the Trainer: sampling order, pinned memory, token budget, Liger's kernels."""
     args = config.training
     if config.data.packing:
         # One packed row is a batch item; transformers' packed-sequence mask needs no attention mask and no cache.
@@ -176,8 +176,6 @@ def adjust_training_arguments(config: TrainConfig) -> None:
             # On a CPU one max_len row per forward is the fastest and leanest (FIELD_NOTES: batch 1 × accumulation
             # 8 ran 1.3× faster at 2.8 GiB than batch 8 at 10.5–21 GiB): split bigger batches into such rows.
             args.micro_batch_tokens = config.data.max_len
-    if args.gradient_checkpointing and not args.gradient_checkpointing_kwargs:
-        args.gradient_checkpointing_kwargs = {"use_reentrant": False}
     prepare_liger_kernel(args)
 
 
@@ -200,6 +198,8 @@ def load_trainable_model(config: TrainConfig):
         logger.info("attention: per-sample (dojo_packed) for packed rows; the saved model keeps %s",
                     config.model.attn_implementation or "transformers' default")
     choose_checkpointing(config, model)
+    if config.training.gradient_checkpointing and not config.training.gradient_checkpointing_kwargs:
+        config.training.gradient_checkpointing_kwargs = {"use_reentrant": False}  # chosen or asked for
     model = make_trainable(model, config)
     trainable, total = count_parameters(model)
     logger.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -238,8 +238,6 @@ def choose_checkpointing(config: TrainConfig, model) -> None:
     logger.info("gradient checkpointing %s: one forward of %d tokens needs ~%.1f GiB of activations, %.1f GiB free "
                 "(set gradient_checkpointing to choose)", "on" if args.gradient_checkpointing else "off", tokens,
                 needed / 2**30, free / 2**30)
-    if args.gradient_checkpointing and not args.gradient_checkpointing_kwargs:
-        args.gradient_checkpointing_kwargs = {"use_reentrant": False}
 
 
 def uses_packed_attention(config: TrainConfig) -> bool:
