@@ -3,13 +3,13 @@
 It does exactly what `dojo train` does; with no config it trains train_args/demo_identity.yaml.
 """
 
-import logging
 import sys
 
+from llm_dojo.cli import configure_logging
 from llm_dojo.recipes.sft import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # INFO logs (on the first process only under torchrun), library chatter silenced
     arguments = sys.argv[1:]
     if not arguments or "=" in arguments[0]:
         arguments = ["train_args/demo_identity.yaml"] + arguments

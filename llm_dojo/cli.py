@@ -79,7 +79,10 @@ def one_line(error: BaseException) -> str:
 
 def configure_logging() -> None:
     """INFO logs on stderr; library chatter that tells the user nothing is silenced at its source."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Under torchrun / accelerate launch every process runs this; only the first one tells the story (the Trainer
+    # does the same for its own logs), the others speak up for warnings and errors.
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # bitsandbytes is imported by peft, which transformers imports for TrainingArguments, so every command would
     # start with its warning that the optional `kernels` package (faster 4-bit matmuls on a CPU) is missing.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional
@@ -112,6 +113,32 @@ class DojoTrainingArguments(TrainingArguments):
 
 CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, DojoTrainingArguments)
 
+# transformers 5.x renamed gradient checkpointing to activation checkpointing; the old names stay as aliases that
+# TrainingArguments copies over only when it is constructed. The Trainer reads the new names, so a recipe that
+# decides checkpointing afterwards must set both (older 5.x releases have only the old ones).
+CHECKPOINTING_KEYS = ("gradient_checkpointing", "activation_checkpointing")
+
+
+def checkpointing_on(args: TrainingArguments) -> bool:
+    """Whether this run recomputes activations in the backward pass (either name)."""
+    return bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing)
+
+
+def checkpointing_kwargs(args: TrainingArguments) -> dict:
+    """The kwargs for `gradient_checkpointing_enable`, under whichever name the user wrote them."""
+    return dict(getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {})
+
+
+def set_checkpointing(args: TrainingArguments, on: bool, kwargs: Optional[dict] = None) -> None:
+    """Turn checkpointing on or off after construction, under both names so the Trainer sees it."""
+    args.gradient_checkpointing = on
+    if hasattr(args, "activation_checkpointing"):
+        args.activation_checkpointing = on
+    if kwargs is not None:
+        args.gradient_checkpointing_kwargs = kwargs
+        if hasattr(args, "activation_checkpointing_kwargs"):
+            args.activation_checkpointing_kwargs = kwargs
+
 
 @dataclass
 class TrainConfig:
@@ -201,10 +228,15 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
         raise ConfigError("; ".join(problems) + ". Run `dojo train --help` for the list.")
     if config_path:
         values = paths_relative_to(values, Path(config_path).resolve().parent)
+    decided = {}
+    if "use_cpu" not in values and "use_cpu" not in cli_values and several_processes_without_gpu():
+        # transformers sets up distributed training on a CPU-only machine only with use_cpu: without it every
+        # process of `torchrun` trained alone on all the data ("parallel_mode != ParallelMode.DISTRIBUTED").
+        decided["use_cpu"] = True
     parser = _RaisingParser(CONFIG_CLASSES)
     try:
         model_args, adapter_args, data_args, training_args = parser.parse_args_into_dataclasses(
-            args=_to_argv(values) + _to_argv(cli_values))
+            args=_to_argv(values) + _to_argv(cli_values) + _to_argv(decided))
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:  # raised by TrainingArguments.__post_init__ for inconsistent values
@@ -212,6 +244,13 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
     config = TrainConfig(model_args, adapter_args, data_args, training_args, frozenset(values) | frozenset(cli_values))
     validate(config, origin)
     return config
+
+
+def several_processes_without_gpu() -> bool:
+    """Launched as one of several processes (torchrun, accelerate launch) on a machine with no GPU."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 DATA_PATH_KEYS = ("train_data_path", "eval_data_path")

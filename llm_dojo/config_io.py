@@ -8,7 +8,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import yaml
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML where only true/false are booleans (YAML 1.2), so `save_strategy: no` stays the string "no".
+
+    PyYAML follows YAML 1.1, which also reads yes/no/on/off as booleans: `save_strategy=no` then arrived as False
+    and was rejected ("False is not a valid SaveStrategy"). Boolean settings still accept yes/no, because the
+    values reach transformers' argument parser as text.
+    """
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+
+
+def load_yaml_text(text: str):
+    """Parse YAML text with ConfigLoader (1.2 booleans)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -21,7 +45,7 @@ def read_yaml(path: str) -> dict:
     if not file.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = load_yaml_text(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -38,7 +62,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("-")
         try:
-            overrides[key] = yaml.safe_load(raw) if raw != "" else ""
+            overrides[key] = load_yaml_text(raw) if raw != "" else ""
         except yaml.YAMLError:
             overrides[key] = raw
     return overrides

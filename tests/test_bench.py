@@ -10,11 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_dojo.bench import (RESULT_KEYS, RUNS, SHORT_MODE, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS, BenchSettings,
-                            TokenCounter, parse_args)
+from llm_dojo.bench import RESULT_KEYS, RUNS, SHORT_MODE, BenchSettings, parse_args
+from llm_dojo.bench_runs import RUNNERS, SMOLLM2_TEMPLATE_WITH_GENERATION_MARKERS, TokenCounter
 from llm_dojo.bench_data import make_records
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_run_the_cli_offers_has_a_runner():
+    assert tuple(RUNNERS) == RUNS
 
 
 def token_lengths(records, tokenizer) -> list[int]:

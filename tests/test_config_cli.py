@@ -23,6 +23,18 @@ def test_yaml_then_overrides_and_every_training_argument(tmp_path):
     assert config.data.train_data_path == "data.jsonl"
 
 
+def test_no_and_yes_are_words_not_booleans_but_boolean_settings_still_accept_them(tmp_path):
+    """YAML 1.1 reads `no` as False; `save_strategy: no` must stay the strategy "no" (file and command line)."""
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("train_data_path: data.jsonl\nsave_strategy: no\npacking: no\nuse_dora: yes\n")
+    config = load_config(str(config_file))
+    assert config.training.save_strategy == "no"
+    assert config.data.packing is False and config.adapter.use_dora is True
+    config = load_config(None, ["train_data_path=x.jsonl", "save_strategy=no", "eval_strategy=no", "packing=false"])
+    assert config.training.save_strategy == "no" and config.training.eval_strategy == "no"
+    assert config.data.packing is False
+
+
 @pytest.mark.parametrize("overrides,expected", [
     (["train_mod=lora"], "unknown key 'train_mod' (did you mean 'train_mode'?)"),
     (["train_mode=lorra"], "invalid choice: 'lorra' (choose from 'lora', 'qlora', 'full')"),

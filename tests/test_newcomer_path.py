@@ -135,12 +135,22 @@ def test_tokens_and_samples_per_second_count_what_was_trained(tiny_run, tmp_path
     assert load_tokenizer(str(tmp_path / "out")) is not None
 
 
-def test_packed_rows_count_every_sample_in_them(tiny_run, tmp_path):
+def test_the_batch_size_counts_samples_also_when_they_are_packed(tiny_run, tmp_path, monkeypatch):
+    from llm_dojo.recipes import trainer as dojo_trainer
     from llm_dojo.recipes.sft import main
 
-    assert main(tiny_run(max_steps=1, max_len=512)) == 0  # all four samples packed into one row
+    rows = []
+    original = dojo_trainer.DojoTrainer.training_step
+
+    def record_rows(self, model, inputs, *args, **kwargs):
+        rows.append(inputs["input_ids"].shape[0])
+        return original(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(dojo_trainer.DojoTrainer, "training_step", record_rows)
+    assert main(tiny_run(max_steps=1, max_len=512, per_device_train_batch_size=4)) == 0
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     assert summary["samples_trained"] == 4 and summary["steps"] == 1
+    assert rows == [1]  # the four samples of the batch were packed into one row
 
 
 def test_ctrl_c_saves_what_was_trained_and_exits_130(tiny_run, tmp_path, monkeypatch, capsys):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY_ARCHS, tiny_config
-from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, pack_best_fit_decreasing,
-                                    rows_as_records, samples_as_records)
+from llm_dojo.data.batching import (BatchPackingCollator, PackedCollator, PaddedCollator, build_packed_rows,
+                                    pack_best_fit_decreasing, rows_as_records, samples_as_records)
 from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
 from llm_dojo.loss import full_logits_loss, trained_positions_loss
 
@@ -298,3 +298,38 @@ def test_padded_trainer_two_micro_batches_of_two_equal_one_batch_of_four(tiny_mo
     accumulated = one_sgd_step(tiny_model_dir("llama"), tmp_path / "run2", records, PaddedCollator(0), 2, 2)
     worst = max((together[k] - accumulated[k]).abs().max().item() for k in together)
     assert worst < 1e-6, worst
+
+
+def test_a_packed_batch_is_the_batch_of_samples_in_the_fewest_rows():
+    from llm_dojo.recipes.trainer import CountingCollator
+
+    samples = samples_as_records(random_samples(9, 1000, seed=4, lo=5, hi=60))
+    batch = CountingCollator(BatchPackingCollator(0, capacity=64))(samples)
+    lengths = [len(s["input_ids"]) for s in samples]
+    assert int(batch["num_samples"]) == 9  # the batch size counts samples, packed or not
+    assert int(batch["num_real_tokens"]) == sum(lengths) == int(batch["row_lengths"].sum())
+    assert batch["input_ids"].shape[0] == len(pack_best_fit_decreasing(lengths, 64)) < 9
+    assert all(length <= 64 for length in batch["row_lengths"].tolist())
+    starts = batch["position_ids"] == 0
+    assert (batch["labels"][starts] == IGNORE_INDEX).all()  # also the padding's own 'sample' start
+    # Every sample's tokens and trained labels are there, whatever row they landed in.
+    assert sorted(batch["input_ids"][batch["labels"] != IGNORE_INDEX].tolist()) == sorted(
+        t for s in samples for t, label in zip(s["input_ids"][1:], s["labels"][1:]) if label != IGNORE_INDEX)
+
+
+def test_packing_changes_the_speed_not_the_update(tiny_llama):
+    """The gradient of a batch packed into rows equals the gradient of the same samples padded."""
+    samples = samples_as_records(random_samples(8, tiny_llama.config.vocab_size, seed=5))
+
+    def gradients(collator) -> list[torch.Tensor]:
+        tiny_llama.zero_grad()
+        batch = collator(samples)
+        count = sum(int((torch.tensor(s["labels"][1:]) != IGNORE_INDEX).sum()) for s in samples)
+        loss, trained = trained_positions_loss(tiny_llama, batch, num_items_in_batch=count)
+        assert trained == count
+        loss.backward()
+        return [p.grad.clone() for p in tiny_llama.parameters()]
+
+    packed, padded = gradients(BatchPackingCollator(0, capacity=96)), gradients(PaddedCollator(0))
+    for a, b in zip(packed, padded):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

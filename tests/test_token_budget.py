@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, rows_as_records,
                                     samples_as_records, split_by_token_budget)
@@ -109,16 +110,47 @@ def test_checkpointing_is_chosen_from_the_memory_a_forward_needs_unless_the_user
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"), dtype=torch.float32)
     per_token = sft.activation_bytes_per_token(model.config, 4)
     assert per_token == 2 * 4 * (12 * 64 + 4 * 128)
+    weights = sum(p.numel() * 4 for p in model.parameters())
 
-    def run(free_bytes: int, *overrides: str) -> bool:
+    def run(free_bytes: int, tokens: int, *overrides: str) -> bool:
         monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": free_bytes})())
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        config = load_config(None, ["train_data_path=x.jsonl", "max_len=1000", "micro_batch_tokens=1000", *overrides])
+        config = load_config(None, ["train_data_path=x.jsonl", "max_len=4096", f"micro_batch_tokens={tokens}",
+                                    *overrides])
         sft.choose_checkpointing(config, model)
-        return config.training.gradient_checkpointing
+        chosen = config.training.gradient_checkpointing
+        # the Trainer reads transformers 5's new name: a choice made after construction must reach it too
+        assert getattr(config.training, "activation_checkpointing", chosen) == chosen
+        return chosen
 
-    needed = 1000 * per_token
-    assert run(needed * 100) is False  # fits comfortably: no recomputation
-    assert run(needed * 2) is True  # would take half the free memory: checkpoint
-    assert run(needed * 2, "gradient_checkpointing=false") is False  # the user's explicit choice wins
-    assert run(needed * 100, "gradient_checkpointing=true") is True
+    small = weights // per_token // 2  # activations half the weights' size
+    large = 2 * weights // per_token  # activations twice the weights' size
+    plenty = 1000 * weights
+    assert run(plenty, small) is False  # small beside the weights and fits comfortably: no recomputation
+    assert run(plenty, large) is True  # would be most of the peak: checkpoint
+    assert run(small * per_token * 2, small) is True  # would take half the free memory: checkpoint
+    assert run(plenty, small, "train_mode=full") is False  # full training holds 4x the weights: still small
+    assert run(plenty, 3 * weights // per_token, "train_mode=full") is False
+    assert run(plenty, 5 * weights // per_token, "train_mode=full") is True
+    assert run(plenty, large, "gradient_checkpointing=false") is False  # the user's explicit choice wins
+    assert run(plenty, small, "gradient_checkpointing=true") is True
+    assert run(plenty, large, "activation_checkpointing=false") is False  # under its new name as well
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("large_activations", [True, False])
+def test_the_chosen_checkpointing_is_what_the_trainer_runs(large_activations, tiny_model_dir, tmp_path, write_jsonl,
+                                                            monkeypatch):
+    """transformers 5 reads `activation_checkpointing`; a choice made after the arguments exist must still apply."""
+    from llm_dojo.config import load_config
+    from llm_dojo.recipes import sft
+
+    monkeypatch.setattr(sft, "activation_bytes_per_token", lambda *a: 1 << 30 if large_activations else 1)
+    data = write_jsonl([{"instruction": "Hi", "output": "Hello"}] * 2)
+    summary, model = sft.train(load_config(None, [
+        f"model_name_or_path={tiny_model_dir('llama')}", f"train_data_path={data}", f"output_dir={tmp_path / 'out'}",
+        "max_steps=1", "model_dtype=fp32", "disable_tqdm=true"]), return_model=True)
+    base = model.get_base_model()
+    assert base.is_gradient_checkpointing is large_activations
+    saved = yaml.safe_load((tmp_path / "out" / "dojo_config.yaml").read_text())
+    assert saved["gradient_checkpointing"] is large_activations

@@ -1,6 +1,8 @@
 """Samples → batches. Two ways, both keeping labels exactly as `encode` made them:
 
-- packing (default): best-fit-decreasing into rows of at most `max_len` tokens. Each sample keeps its own
+- packing (default): the samples of each batch are packed, best-fit decreasing, into rows of at most `max_len`
+  tokens (`BatchPackingCollator`), so a batch is still `per_device_train_batch_size` *samples*, as without
+  packing: packing changes the speed, not which samples an update sees. Each sample keeps its own
   `position_ids` starting at 0 and no attention mask is passed, so transformers builds a per-sample causal mask
   (SDPA) — no token attends across a sample boundary. The first token of every sample gets label -100, so the
   usual one-token label shift never asks a sample's last token to predict the next sample's first token.
@@ -49,20 +51,24 @@ class PackedRow:
     position_ids: list[int]
 
 
+def join_samples(samples: Sequence[EncodedSample | dict]) -> PackedRow:
+    """One packed row: the samples end to end, positions restarting at 0, each first label masked."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for sample in samples:
+        ids, sample_labels = (sample["input_ids"], sample["labels"]) if isinstance(sample, dict) else (
+            sample.input_ids, sample.labels)
+        input_ids += ids
+        labels += [IGNORE_INDEX] + sample_labels[1:]  # never predict across a sample boundary
+        position_ids += list(range(len(ids)))
+    return PackedRow(input_ids, labels, position_ids)
+
+
 def build_packed_rows(samples: Sequence[EncodedSample], capacity: int, seed: int = 0) -> list[PackedRow]:
-    """Pack samples into rows (best-fit decreasing), then shuffle the rows so batches mix lengths fairly."""
+    """Pack a whole set of samples into rows (best-fit decreasing), then shuffle the rows."""
     groups = pack_best_fit_decreasing([len(s.input_ids) for s in samples], capacity)
-    rows = []
-    for group in groups:
-        input_ids: list[int] = []
-        labels: list[int] = []
-        position_ids: list[int] = []
-        for index in group:
-            sample = samples[index]
-            input_ids += sample.input_ids
-            labels += [IGNORE_INDEX] + sample.labels[1:]  # never predict across a sample boundary
-            position_ids += list(range(len(sample.input_ids)))
-        rows.append(PackedRow(input_ids, labels, position_ids))
+    rows = [join_samples([samples[index] for index in group]) for group in groups]
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -111,6 +117,27 @@ class PackedCollator:
             "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
             "max_length_q": longest, "max_length_k": longest,
         }
+
+
+class BatchPackingCollator:
+    """A batch of samples → the fewest rows of at most `capacity` tokens (best-fit decreasing) → PackedCollator.
+
+    Packing per batch keeps the meaning of the batch size (samples per update, as without packing) and needs no
+    pass over the whole data set. Adds `row_lengths`, the real tokens of each row, which the token budget uses
+    to cut the batch into micro-batches of whole rows (recipes/trainer.py).
+    """
+
+    def __init__(self, pad_token_id: int, capacity: int, flatten: bool = False):
+        self.capacity = capacity
+        self.flatten = flatten
+        self.rows = PackedCollator(pad_token_id, flatten=flatten)
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        groups = pack_best_fit_decreasing([len(s["input_ids"]) for s in samples], self.capacity)
+        rows = [join_samples([samples[index] for index in group]) for group in groups]
+        batch = self.rows(rows_as_records(rows))
+        batch["row_lengths"] = torch.tensor([len(row.input_ids) for row in rows])
+        return batch
 
 
 class PaddedCollator:

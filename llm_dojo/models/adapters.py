@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from llm_dojo.config import TrainConfig
+from llm_dojo.config import TrainConfig, checkpointing_kwargs, checkpointing_on
 from llm_dojo.models.loading import find_linear_targets
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def peft_init(init_lora_weights: str):
 def make_trainable(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     """Attach adapters (or unfreeze everything for full fine-tuning) according to the config."""
     mode, adapter = config.model.train_mode, config.adapter
-    checkpointing = bool(config.training.gradient_checkpointing)
+    checkpointing = checkpointing_on(config.training)
     if mode == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
@@ -63,7 +63,7 @@ def make_trainable(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Modu
         # Casts norms to fp32 and enables input grads so checkpointing works through frozen 4-bit layers.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs=config.training.gradient_checkpointing_kwargs or {"use_reentrant": False},
+            gradient_checkpointing_kwargs=checkpointing_kwargs(config.training) or {"use_reentrant": False},
         )
     elif checkpointing:
         model.enable_input_require_grads()

@@ -3,11 +3,15 @@ and it counts the real tokens and samples it trained on (the Trainer's own sampl
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from accelerate.utils import DistributedType
 from transformers import Trainer
 
 from llm_dojo.data.batching import split_by_token_budget
 from llm_dojo.loss import trained_positions_loss
+from llm_dojo.memory import return_freed_memory
 
 
 class CountingCollator:
@@ -22,7 +26,8 @@ class CountingCollator:
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.collator(rows)
-        batch["row_lengths"] = torch.tensor([len(row["input_ids"]) for row in rows])
+        if "row_lengths" not in batch:  # a collator that packs the batch itself says how long its rows are
+            batch["row_lengths"] = torch.tensor([len(row["input_ids"]) for row in rows])
         batch["num_real_tokens"] = batch["row_lengths"].sum()
         # A packed row holds one sample per position 0; an unpacked one is one sample.
         batch["num_samples"] = torch.tensor(sum(row["position_ids"].count(0) if "position_ids" in row else 1
@@ -39,7 +44,7 @@ class DojoTrainer(Trainer):
     Token budget: a batch whose rows hold more than `args.micro_batch_tokens` real tokens is split into
     micro-batches of whole rows under the budget, each run forward and backward on its own. Every part is
     normalised by the same count, so the summed gradients equal the unsplit batch's, while peak memory follows
-    the budget instead of the batch size.
+    the budget instead of the batch size. On a CPU the freed heap is handed back after each part (memory.py).
     """
 
     def __init__(self, *args, **kwargs):
@@ -59,14 +64,35 @@ class DojoTrainer(Trainer):
         lengths = inputs["row_lengths"].tolist() if "row_lengths" in inputs else []
         parts = split_by_token_budget(inputs, lengths, budget) if budget and lengths else [inputs]
         loss = None
-        for part in parts:  # forward + backward per part; gradients add up in the parameters' .grad
-            part_loss = super().training_step(model, part, num_items_in_batch)
+        for index, part in enumerate(parts):  # forward + backward per part; gradients add up in .grad
+            # Several processes: only the last part's backward may synchronise gradients. Ranks can split their
+            # batches into different numbers of parts, and DDP must all-reduce the same number of times on each.
+            # (DeepSpeed accumulates and reduces by itself, as in the Trainer's own loop.)
+            last = index == len(parts) - 1
+            deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+            with contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model):
+                part_loss = super().training_step(model, part, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
+            if self.args.device.type == "cpu":  # glibc keeps freed activations mapped: see llm_dojo/memory.py
+                return_freed_memory()
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, _ = trained_positions_loss(model, inputs, num_items_in_batch)
+        if (self.args.average_tokens_across_devices and num_items_in_batch is not None
+                and self.accelerator.num_processes > 1):
+            # `num_items_in_batch` then counts the trained tokens of every process, and DDP averages the gradients
+            # over processes: multiply by their number so the update (and the logged loss, which the Trainer
+            # averages over processes) equals one process training the whole global batch.
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
+
+    def counts_over_all_processes(self) -> tuple[int, int]:
+        """(real tokens, samples) trained by all processes together."""
+        counts = torch.tensor([self.real_tokens_seen, self.samples_seen], device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return int(counts[0]), int(counts[1])
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
