@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY_ARCHS, tiny_config
-from llm_dojo.data.batching import (BatchPackingCollator, PackedCollator, PaddedCollator, build_packed_rows,
-                                    pack_best_fit_decreasing, rows_as_records, samples_as_records)
+from llm_dojo.data.batching import (BatchPackingCollator, PackedCollator, PaddedCollator, pack_best_fit_decreasing,
+                                    pack_rows, rows_as_records, samples_as_records)
 from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
 from llm_dojo.loss import full_logits_loss, trained_positions_loss
 
@@ -48,7 +48,7 @@ def test_best_fit_decreasing_respects_capacity_and_uses_every_sample_once():
 
 def test_packed_rows_restart_positions_and_never_predict_across_a_boundary():
     samples = random_samples(10, 1000)
-    rows = build_packed_rows(samples, capacity=64)
+    rows = pack_rows(samples, capacity=64)
     for row in rows:
         starts = [i for i, p in enumerate(row.position_ids) if p == 0]
         for start in starts:
@@ -59,7 +59,7 @@ def test_packed_rows_restart_positions_and_never_predict_across_a_boundary():
 
 def test_packed_logits_equal_each_sample_run_alone(tiny_llama):
     samples = random_samples(9, tiny_llama.config.vocab_size, seed=1)
-    rows = rows_as_records(build_packed_rows(samples, capacity=96))
+    rows = rows_as_records(pack_rows(samples, capacity=96))
     batch = PackedCollator(pad_token_id=0)(rows)
     assert batch["input_ids"].shape[0] > 1  # several rows, padded: the pad segment must not disturb anything
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_packed_logits_equal_each_sample_run_alone(tiny_llama):
 
 def test_flattened_rows_for_flash_attention_keep_every_sample_apart(tiny_llama):
     samples = random_samples(9, tiny_llama.config.vocab_size, seed=2)
-    rows = rows_as_records(build_packed_rows(samples, capacity=96))
+    rows = rows_as_records(pack_rows(samples, capacity=96))
     batch = PackedCollator(pad_token_id=0, flatten=True)(rows)
     total = sum(len(s.input_ids) for s in samples)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["position_ids"].shape == (1, total)
@@ -103,7 +103,7 @@ def test_flattened_rows_for_flash_attention_keep_every_sample_apart(tiny_llama):
 
 def test_packed_loss_equals_mean_of_samples_run_alone(tiny_llama):
     samples = random_samples(7, tiny_llama.config.vocab_size, seed=2)
-    packed = PackedCollator(0)(rows_as_records(build_packed_rows(samples, capacity=128)))
+    packed = PackedCollator(0)(rows_as_records(pack_rows(samples, capacity=128)))
     with torch.no_grad():
         packed_loss, n = trained_positions_loss(tiny_llama, packed)
         total = 0.0
@@ -121,7 +121,7 @@ def test_packed_loss_equals_mean_of_samples_run_alone(tiny_llama):
 def test_trained_positions_loss_equals_full_logits_loss(tiny_llama, packing):
     samples = random_samples(6, tiny_llama.config.vocab_size, seed=3)
     if packing:
-        batch = PackedCollator(0)(rows_as_records(build_packed_rows(samples, capacity=80)))
+        batch = PackedCollator(0)(rows_as_records(pack_rows(samples, capacity=80)))
     else:
         batch = PaddedCollator(0)(samples_as_records(samples))
     with torch.no_grad():
@@ -172,7 +172,7 @@ def one_sgd_step(model_dir: str, output_dir, records: list[dict], collator, batc
 def test_gradient_accumulation_of_four_micro_batches_equals_one_batch_of_four(tiny_model_dir, tmp_path):
     """Through the real DojoTrainer: 4 micro-batches of 1 row == 1 batch of 4 rows (one SGD step)."""
     samples = random_samples(12, 1000, seed=5, lo=10, hi=60)
-    rows = rows_as_records(build_packed_rows(samples, capacity=100))[:4]
+    rows = rows_as_records(pack_rows(samples, capacity=100))[:4]
     assert len(rows) == 4 and len({sum(l != IGNORE_INDEX for l in r["labels"]) for r in rows}) > 1
 
     together = one_sgd_step(tiny_model_dir("llama"), tmp_path / "run4", rows, PackedCollator(0), 4, 1)
@@ -205,7 +205,7 @@ FIRST_TOKEN_TRAINED = [
 
 
 def test_packing_masks_the_first_label_of_every_sample_even_when_it_was_trained():
-    rows = build_packed_rows(FIRST_TOKEN_TRAINED, capacity=16)
+    rows = pack_rows(FIRST_TOKEN_TRAINED, capacity=16)
     assert len(rows) == 1  # best-fit decreasing: longest first
     row = rows[0]
     assert row.input_ids == [11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 31, 32, 33, 34]
@@ -215,7 +215,7 @@ def test_packing_masks_the_first_label_of_every_sample_even_when_it_was_trained(
 
 
 def test_packed_loss_equals_per_sample_loss_when_first_labels_are_trained(tiny_llama):
-    packed = PackedCollator(0)(rows_as_records(build_packed_rows(FIRST_TOKEN_TRAINED, capacity=16)))
+    packed = PackedCollator(0)(rows_as_records(pack_rows(FIRST_TOKEN_TRAINED, capacity=16)))
     with torch.no_grad():
         packed_loss, n = trained_positions_loss(tiny_llama, packed, num_items_in_batch=1)
         alone = [trained_positions_loss(tiny_llama, PaddedCollator(0)(samples_as_records([s])), num_items_in_batch=1)
@@ -239,7 +239,7 @@ def test_packed_logits_and_loss_equal_each_sample_alone_on_every_tiny_architectu
     model = AutoModelForCausalLM.from_config(config).eval()
     assert model.config._attn_implementation == ("eager" if arch == "gemma2" else "sdpa")
     samples = random_samples(6, 512, seed=6, lo=8, hi=30)
-    rows = rows_as_records(build_packed_rows(samples, capacity=64))
+    rows = rows_as_records(pack_rows(samples, capacity=64))
     batch = PackedCollator(pad_token_id=0)(rows)
     assert batch["input_ids"].shape[0] > 1 and max(len(r["position_ids"]) for r in rows) > 30  # several samples a row
     with torch.no_grad():

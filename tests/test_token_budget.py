@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from llm_dojo.data.batching import (PackedCollator, PaddedCollator, build_packed_rows, rows_as_records,
+from llm_dojo.data.batching import (PackedCollator, PaddedCollator, pack_rows, rows_as_records,
                                     samples_as_records, split_by_token_budget)
 from llm_dojo.data.encode import IGNORE_INDEX, EncodedSample
 from llm_dojo.recipes.outputs import ListDataset
@@ -75,7 +75,7 @@ def one_step(model_dir: str, output_dir, records: list[dict], collator, budget, 
 def test_the_split_update_equals_the_unsplit_one(path, lora, tiny_model_dir, tmp_path):
     encoded = samples(12, seed=3)
     if path == "packed":
-        records, collator = rows_as_records(build_packed_rows(encoded, capacity=100))[:4], PackedCollator(0)
+        records, collator = rows_as_records(pack_rows(encoded, capacity=100))[:4], PackedCollator(0)
     else:
         records, collator = samples_as_records(encoded[:4]), PaddedCollator(0)
     assert len(records) == 4

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import bisect
-import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -51,26 +50,28 @@ class PackedRow:
     position_ids: list[int]
 
 
+def token_ids(sample: EncodedSample | dict) -> list[int]:
+    return sample["input_ids"] if isinstance(sample, dict) else sample.input_ids
+
+
 def join_samples(samples: Sequence[EncodedSample | dict]) -> PackedRow:
     """One packed row: the samples end to end, positions restarting at 0, each first label masked."""
     input_ids: list[int] = []
     labels: list[int] = []
     position_ids: list[int] = []
     for sample in samples:
-        ids, sample_labels = (sample["input_ids"], sample["labels"]) if isinstance(sample, dict) else (
-            sample.input_ids, sample.labels)
+        ids = token_ids(sample)
+        sample_labels = sample["labels"] if isinstance(sample, dict) else sample.labels
         input_ids += ids
         labels += [IGNORE_INDEX] + sample_labels[1:]  # never predict across a sample boundary
         position_ids += list(range(len(ids)))
     return PackedRow(input_ids, labels, position_ids)
 
 
-def build_packed_rows(samples: Sequence[EncodedSample], capacity: int, seed: int = 0) -> list[PackedRow]:
-    """Pack a whole set of samples into rows (best-fit decreasing), then shuffle the rows."""
-    groups = pack_best_fit_decreasing([len(s.input_ids) for s in samples], capacity)
-    rows = [join_samples([samples[index] for index in group]) for group in groups]
-    random.Random(seed).shuffle(rows)
-    return rows
+def pack_rows(samples: Sequence[EncodedSample | dict], capacity: int) -> list[PackedRow]:
+    """The fewest rows of at most `capacity` tokens holding every sample (best-fit decreasing)."""
+    groups = pack_best_fit_decreasing([len(token_ids(s)) for s in samples], capacity)
+    return [join_samples([samples[index] for index in group]) for group in groups]
 
 
 class PackedCollator:
@@ -133,8 +134,7 @@ class BatchPackingCollator:
         self.rows = PackedCollator(pad_token_id, flatten=flatten)
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        groups = pack_best_fit_decreasing([len(s["input_ids"]) for s in samples], self.capacity)
-        rows = [join_samples([samples[index] for index in group]) for group in groups]
+        rows = pack_rows(samples, self.capacity)
         batch = self.rows(rows_as_records(rows))
         batch["row_lengths"] = torch.tensor([len(row.input_ids) for row in rows])
         return batch
