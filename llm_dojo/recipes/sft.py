@@ -19,7 +19,6 @@ import torch
 from llm_dojo.config import (CHECKPOINTING_KEYS, ConfigError, TrainConfig, checkpointing_kwargs, checkpointing_on,
                              config_for_saving, config_help, load_config, set_checkpointing)
 from llm_dojo.data.batching import BatchPackingCollator, PaddedCollator, samples_as_records
-from llm_dojo.data.encode import EncodedSample
 from llm_dojo.data.prepare import prepare_sft_data
 from llm_dojo.data.sources import DataError
 from llm_dojo.models.adapters import build_optimizer, count_parameters, make_trainable
@@ -28,11 +27,6 @@ from llm_dojo.preflight import check_model, check_output_dir
 from llm_dojo.recipes.outputs import ListDataset, adapter_card, heldout_loss, save_outputs
 
 logger = logging.getLogger(__name__)
-
-
-def make_dataset(samples: list[EncodedSample], config: TrainConfig, seed: int) -> ListDataset:
-    """The samples; with packing the collator packs each batch's samples into rows (see make_collator)."""
-    return ListDataset(samples_as_records(samples))
 
 
 def make_collator(config: TrainConfig, tokenizer):
@@ -95,8 +89,9 @@ def train(config: TrainConfig, return_model: bool = False):
         neftune = attach_neftune(model, args.neftune_noise_alpha)
         args.neftune_noise_alpha = None
 
-    train_dataset = make_dataset(data.train, config, args.seed)
-    eval_dataset = make_dataset(data.eval, config, args.seed) if data.eval else None
+    # Samples, packed or not: with packing the collator packs each batch's samples into rows (make_collator).
+    train_dataset = ListDataset(samples_as_records(data.train))
+    eval_dataset = ListDataset(samples_as_records(data.eval)) if data.eval else None
     trainer = DojoTrainer(
         model=model,
         args=args,
@@ -168,7 +163,7 @@ def adjust_training_arguments(config: TrainConfig) -> None:
     """Settings the recipe decides for the Trainer: sampling order, pinned memory, token budget, Liger's kernels."""
     args = config.training
     if config.data.packing:
-        # One packed row is a batch item; transformers' packed-sequence mask needs no attention mask and no cache.
+        # Random batches mix long and short samples, so each batch packs into few, well-filled rows.
         args.train_sampling_strategy = "random"
     else:
         args.train_sampling_strategy = "group_by_length"  # similar lengths together: less padding

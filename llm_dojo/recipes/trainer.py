@@ -64,12 +64,12 @@ class DojoTrainer(Trainer):
         lengths = inputs["row_lengths"].tolist() if "row_lengths" in inputs else []
         parts = split_by_token_budget(inputs, lengths, budget) if budget and lengths else [inputs]
         loss = None
+        # Several processes: only the last part's backward may synchronise gradients. Ranks can split their
+        # batches into different numbers of parts, and DDP must all-reduce the same number of times on each.
+        # (DeepSpeed accumulates and reduces by itself, as in the Trainer's own loop.)
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         for index, part in enumerate(parts):  # forward + backward per part; gradients add up in .grad
-            # Several processes: only the last part's backward may synchronise gradients. Ranks can split their
-            # batches into different numbers of parts, and DDP must all-reduce the same number of times on each.
-            # (DeepSpeed accumulates and reduces by itself, as in the Trainer's own loop.)
             last = index == len(parts) - 1
-            deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
             with contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model):
                 part_loss = super().training_step(model, part, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
