@@ -12,6 +12,8 @@ from typing import Optional
 # subcommand -> (module with a `main(argv: list[str]) -> int`, one-line help)
 COMMANDS = {
     "train": ("llm_dojo.recipes.sft", "fine-tune a model: dojo train CONFIG.yaml [key=value ...]"),
+    "prepare": ("llm_dojo.data.store", "encode a config's data into the on-disk cache ahead of training"),
+    "estimate": ("llm_dojo.estimate", "expected peak memory per device, and which training modes fit"),
     "inspect": ("llm_dojo.data.preview", "show encoded samples with trained tokens highlighted, and dataset stats"),
     "template": ("llm_dojo.templates.cli", "list, show or render the official chat templates"),
     "chat": ("llm_dojo.infer.chat", "chat with a model (streaming), or answer one --prompt"),

@@ -89,6 +89,16 @@ class DataArguments:
     skip_invalid: bool = field(default=False, metadata={"help": "skip malformed records (counted) instead of stopping"})
     packing: bool = field(default=True, metadata={"help": "pack samples into rows without cross-sample attention"})
     max_samples: Optional[int] = field(default=None, metadata={"help": "use only the first N records (quick runs)"})
+    val_set_size: float = field(
+        default=0, metadata={"help": "hold out this share (below 1) or number of training samples for evaluation"}
+    )
+    data_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "where encoded data is cached (default $DOJO_CACHE_DIR or "
+                                        "~/.cache/llm_dojo/encoded); `dojo prepare` fills it ahead of time"}
+    )
+    dataset_num_proc: Optional[int] = field(
+        default=None, metadata={"help": "processes that encode the data (default: the CPU count, at most 8)"}
+    )
 
 
 @dataclass
@@ -105,6 +115,10 @@ class DojoTrainingArguments(TrainingArguments):
         metadata={"help": "most real tokens per forward/backward; bigger batches are split into micro-batches of "
                           "whole rows and accumulated (same update). Unset: one max_len row on a CPU, no split on a "
                           "GPU"},
+    )
+    early_stopping_patience: Optional[int] = field(
+        default=None, metadata={"help": "stop after this many evaluations without a better eval_loss (needs held-out "
+                                        "data and eval_strategy steps|epoch; the best checkpoint is loaded at the end)"}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "replace a trained output already in output_dir (else the run stops)"}
@@ -233,6 +247,7 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
         # transformers sets up distributed training on a CPU-only machine only with use_cpu: without it every
         # process of `torchrun` trained alone on all the data ("parallel_mode != ParallelMode.DISTRIBUTED").
         decided["use_cpu"] = True
+    decided.update(evaluation_defaults({**values, **cli_values}))
     parser = _RaisingParser(CONFIG_CLASSES)
     try:
         model_args, adapter_args, data_args, training_args = parser.parse_args_into_dataclasses(
@@ -244,6 +259,24 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
     config = TrainConfig(model_args, adapter_args, data_args, training_args, frozenset(values) | frozenset(cli_values))
     validate(config, origin)
     return config
+
+
+def evaluation_defaults(written: dict) -> dict:
+    """With held-out data the best checkpoint is tracked by eval_loss; early stopping loads it at the end.
+
+    Decided before TrainingArguments is built, so its own checks (save and eval strategies must match when the
+    best model is loaded at the end) still run and name the setting to change.
+    """
+    decided = {}
+    held_out = written.get("val_set_size") or written.get("eval_data_path")
+    if written.get("early_stopping_patience") and (not held_out or str(written.get("eval_strategy", "no")) == "no"):
+        raise ConfigError("'early_stopping_patience' needs held-out data (val_set_size or eval_data_path) and "
+                          "eval_strategy: steps or epoch")
+    if held_out and "metric_for_best_model" not in written:
+        decided["metric_for_best_model"] = "eval_loss"
+    if written.get("early_stopping_patience") and "load_best_model_at_end" not in written:
+        decided["load_best_model_at_end"] = True
+    return decided
 
 
 def several_processes_without_gpu() -> bool:
@@ -296,6 +329,13 @@ def validate(config: TrainConfig, origin: str) -> None:
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, key) < 1:
             raise ConfigError(f"{origin}: '{key}' must be at least 1, got {getattr(args, key)}")
+    if args.early_stopping_patience is not None:
+        if args.early_stopping_patience < 1:
+            raise ConfigError(f"{origin}: 'early_stopping_patience' must be at least 1, got {args.early_stopping_patience}")
+    if data.val_set_size < 0:
+        raise ConfigError(f"{origin}: 'val_set_size' must be a share below 1 or a count of samples, got {data.val_set_size}")
+    if data.dataset_num_proc is not None and data.dataset_num_proc < 1:
+        raise ConfigError(f"{origin}: 'dataset_num_proc' must be at least 1 (or unset), got {data.dataset_num_proc}")
     if data.max_len < 16:
         raise ConfigError(f"{origin}: 'max_len' must be at least 16, got {data.max_len}")
     if adapter.lora_rank < 1:

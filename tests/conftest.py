@@ -13,6 +13,18 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def encoded_data_cache(tmp_path_factory):
+    """Encoded data is cached in a folder of this test session, not in the user's ~/.cache (subprocesses too)."""
+    previous = os.environ.get("DOJO_CACHE_DIR")
+    os.environ["DOJO_CACHE_DIR"] = str(tmp_path_factory.mktemp("encoded"))
+    yield
+    if previous is None:
+        os.environ.pop("DOJO_CACHE_DIR", None)
+    else:
+        os.environ["DOJO_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on a shared 2-core machine, 2 threads that wait on each other run several

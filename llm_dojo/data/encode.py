@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy
+
 from llm_dojo.data.chat_format import ChatFormat
 from llm_dojo.data.records import Conversation
 from llm_dojo.data.sources import DataError
@@ -172,18 +174,30 @@ class EncodeStats:
     lengths: list[int] = field(default_factory=list)
 
     def percentile(self, q: float) -> int:
-        if not self.lengths:
+        if len(self.lengths) == 0:
             return 0
-        ordered = sorted(self.lengths)
-        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+        ordered = numpy.sort(numpy.asarray(self.lengths))  # a list here, a column of the on-disk store there
+        return int(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))])
 
     def summary(self) -> str:
         trained = self.trained_tokens / max(1, self.tokens)
         return (
             f"{self.samples} samples, {self.tokens} tokens (p50 {self.percentile(50)}, p90 {self.percentile(90)}, "
-            f"max {max(self.lengths, default=0)}), {trained:.1%} trained; {self.truncated} truncated, "
+            f"max {self.percentile(100)}), {trained:.1%} trained; {self.truncated} truncated, "
             f"{self.dropped_no_label} dropped (no trained token left after truncation)"
         )
+
+
+def encode_checked(conversation: Conversation, tokenizer, chat_format: ChatFormat, max_len: int,
+                   mask_history: bool = False) -> EncodedSample:
+    """encode_conversation, with any failure turned into a DataError that names the record's file:line."""
+    try:
+        return encode_conversation(conversation.messages, tokenizer, chat_format, max_len, mask_history,
+                                   conversation.source, conversation.tools)
+    except DataError as err:
+        raise DataError(f"{conversation.source}: {err}") from None
+    except Exception as err:  # a template raising (e.g. "System role not supported") is a data problem
+        raise DataError(f"{conversation.source}: the chat template refused this conversation: {err}") from None
 
 
 def encode_dataset(
@@ -197,15 +211,7 @@ def encode_dataset(
     samples: list[EncodedSample] = []
     stats = EncodeStats()
     for conversation in conversations:
-        try:
-            sample = encode_conversation(
-                conversation.messages, tokenizer, chat_format, max_len, mask_history, conversation.source,
-                conversation.tools,
-            )
-        except DataError as err:
-            raise DataError(f"{conversation.source}: {err}") from None
-        except Exception as err:  # a template raising (e.g. "System role not supported") is a data problem
-            raise DataError(f"{conversation.source}: the chat template refused this conversation: {err}") from None
+        sample = encode_checked(conversation, tokenizer, chat_format, max_len, mask_history)
         stats.truncated += sample.truncated
         if sample.num_trained == 0:
             stats.dropped_no_label += 1

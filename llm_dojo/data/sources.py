@@ -106,13 +106,18 @@ def folder_files(folder: Path) -> list[Path]:
     return found
 
 
+def is_hub_entry(entry: str) -> bool:
+    """'org/name' or 'org/name:split' with nothing local by that name (a name ending in a data suffix never is)."""
+    local = Path(entry).expanduser()
+    return not local.exists() and bool(HUB_NAME.match(entry)) and not is_data_file(local)
+
+
 def iter_entry_records(entry: str) -> Iterator[tuple[str, Any]]:
     """Records of one entry: local files, or a `datasets` hub dataset ('org/name' or 'org/name:split') when online.
 
     A name ending in a data suffix (`data/train.jsonl`) is always a local file, never a hub dataset.
     """
-    local = Path(entry).expanduser()
-    if not local.exists() and HUB_NAME.match(entry) and not is_data_file(local):
+    if is_hub_entry(entry):
         name, _, split = entry.partition(":")
         try:
             import datasets
@@ -153,22 +158,34 @@ def iter_raw_records(file: Path) -> Iterator[tuple[str, Any]]:
     with open(file, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             where = f"{file}:{line_number}"
-            if line_number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
-            if len(raw) > MAX_RECORD_BYTES:
-                yield where, DataError(f"{where}: line is {len(raw):,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield where, DataError(f"{where}: invalid UTF-8 at byte {err.start} (re-save the file as UTF-8)")
-                continue
-            if not line.strip():
-                continue  # blank lines are common at the end of jsonl files
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
+            record = parse_jsonl_line(raw, where, first=line_number == 1)
+            if record is not BLANK_LINE:
+                yield where, record
+
+
+BLANK_LINE = object()  # what parse_jsonl_line returns for a line with nothing on it
+
+
+def parse_jsonl_line(raw: bytes, where: str, first: bool = False) -> Any:
+    """One jsonl line → its JSON value, a DataError saying what is wrong with it, or BLANK_LINE.
+
+    Kept apart from the reading so the on-disk store (store.py) can hand raw lines to worker processes and
+    parse them there, with exactly these messages.
+    """
+    if first and raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM):]
+    if len(raw) > MAX_RECORD_BYTES:
+        return DataError(f"{where}: line is {len(raw):,} bytes, over the {MAX_RECORD_BYTES:,}-byte limit")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return DataError(f"{where}: invalid UTF-8 at byte {err.start} (re-save the file as UTF-8)")
+    if not line.strip():
+        return BLANK_LINE  # blank lines are common at the end of jsonl files
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        return DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})")
 
 
 def read_text(file: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,13 +19,14 @@ import torch
 
 from llm_dojo.config import (CHECKPOINTING_KEYS, ConfigError, TrainConfig, checkpointing_kwargs, checkpointing_on,
                              config_for_saving, config_help, load_config, set_checkpointing)
-from llm_dojo.data.batching import BatchPackingCollator, PaddedCollator, samples_as_records
-from llm_dojo.data.prepare import prepare_sft_data
+from llm_dojo.data.batching import BatchPackingCollator, PaddedCollator
+from llm_dojo.data.store import open_training_data
 from llm_dojo.data.sources import DataError
 from llm_dojo.models.adapters import build_optimizer, count_parameters, make_trainable
 from llm_dojo.models.loading import load_model, load_tokenizer, parse_dtype
 from llm_dojo.preflight import check_model, check_output_dir
-from llm_dojo.recipes.outputs import ListDataset, adapter_card, heldout_loss, save_outputs
+from llm_dojo.recipes.checkpoints import SealCheckpoints, checkpoint_to_resume, safetensors_is_empty
+from llm_dojo.recipes.outputs import adapter_card, heldout_loss, save_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +73,9 @@ def train(config: TrainConfig, return_model: bool = False):
     check_output_dir(args.output_dir, args.overwrite_output_dir)
     set_seed(args.seed)
     tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
-    data = prepare_sft_data(config.data, tokenizer, args.seed)
+    data = open_training_data(config.data, tokenizer, args.seed, args)  # encoded once, cached on disk
 
+    resume = checkpoint_to_resume(args.resume_from_checkpoint, args.output_dir)  # checked before the model loads
     adjust_training_arguments(config)
     model = load_trainable_model(config)
     # Saved with the outputs: the user's settings plus what the recipe decided (checkpointing, token budget),
@@ -89,9 +92,9 @@ def train(config: TrainConfig, return_model: bool = False):
         neftune = attach_neftune(model, args.neftune_noise_alpha)
         args.neftune_noise_alpha = None
 
-    # Samples, packed or not: with packing the collator packs each batch's samples into rows (make_collator).
-    train_dataset = ListDataset(samples_as_records(data.train))
-    eval_dataset = ListDataset(samples_as_records(data.eval)) if data.eval else None
+    # Samples, packed or not, memory-mapped from the cache: with packing the collator packs each batch's samples
+    # into rows (make_collator).
+    train_dataset, eval_dataset = data.train, data.eval
     trainer = DojoTrainer(
         model=model,
         args=args,
@@ -100,28 +103,36 @@ def train(config: TrainConfig, return_model: bool = False):
         data_collator=CountingCollator(make_collator(config, tokenizer)),
         processing_class=tokenizer,
         optimizers=(build_optimizer(model, config), None),
+        callbacks=training_callbacks(args),
     )
     started, interrupted = time.time(), False
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:  # Ctrl-C: keep what was learned so far (a second Ctrl-C stops the save)
         interrupted = True
     seconds = time.time() - started
     if neftune is not None:
         neftune.remove()
     summary = run_summary(trainer, data, seconds, interrupted)
+    summary["resumed_from"] = resume
     if eval_dataset is not None and not interrupted:
         summary["eval_loss"] = heldout_loss(model, eval_dataset, make_collator(config, tokenizer))
         trainer.state.log_history.append({"step": trainer.state.global_step, "eval_loss": summary["eval_loss"]})
         logger.info("held-out loss over all %d held-out samples: %.4f", len(data.eval), summary["eval_loss"])
-    if trainer.is_world_process_zero():  # several processes hold the same weights: one writes them
-        card = adapter_card(config, resolved_config, summary, data)
-        save_outputs(args.output_dir, lambda folder: write_weights(trainer.model, folder, config), tokenizer,
-                     data.chat_format, resolved_config, summary, card=card)
-    trainer.accelerator.wait_for_everyone()
+    save_run(trainer, config, tokenizer, data, resolved_config, summary)
     if interrupted:
         raise TrainingInterrupted(trainer.state.global_step, trainer.state.max_steps, args.output_dir)
     return (summary, trainer.model) if return_model else summary
+
+
+def training_callbacks(args) -> list:
+    """Seal each finished checkpoint (checkpoints.py); stop early when eval_loss stops improving, if asked."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [SealCheckpoints()]
+    if args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+    return callbacks
 
 
 class TrainingInterrupted(Exception):
@@ -152,6 +163,8 @@ def run_summary(trainer, data, seconds: float, interrupted: bool) -> dict:
         "real_tokens_per_s": round(real_tokens / seconds, 1) if seconds else None,
         "samples_trained": samples,
         "processes": trainer.accelerator.num_processes,
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
         "samples_per_s": samples_per_s,
         "samples": len(data.train),
         "chat_format": data.chat_format.name,
@@ -255,6 +268,38 @@ def uses_packed_attention(config: TrainConfig) -> bool:
     if config.model.attn_implementation == "dojo_packed":
         return True
     return config.model.attn_implementation is None and not torch.cuda.is_available()
+
+
+def save_run(trainer, config: TrainConfig, tokenizer, data, resolved_config: dict, summary: dict) -> None:
+    """Weights, tokenizer, chat format, config, summary and card into output_dir, written by the first process.
+
+    Under DeepSpeed or FSDP each process holds a shard of the weights: all of them take part in the Trainer's
+    save_model, which gathers them (ZeRO-3 needs stage3_gather_16bit_weights_on_model_save), and the first
+    process then moves the gathered files into the output with the rest.
+    """
+    output_dir = Path(config.training.output_dir)
+    sharded = trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+    gathered = output_dir / ".gathered-weights"
+    if sharded:
+        trainer.save_model(str(gathered))
+
+    def weights(folder: Path) -> None:
+        if sharded:
+            for file in gathered.iterdir():
+                os.replace(file, folder / file.name)
+        else:
+            write_weights(trainer.model, folder, config)
+        empty = [f.name for f in folder.glob("*.safetensors") if safetensors_is_empty(f)]
+        if empty:
+            raise RuntimeError(f"the saved {empty[0]} holds no weights; with DeepSpeed ZeRO-3 set "
+                               f"stage3_gather_16bit_weights_on_model_save: true (train_args/launch/ds_zero3.json)")
+
+    if trainer.is_world_process_zero():  # several processes hold the same weights: one writes them
+        card = adapter_card(config, resolved_config, summary, data)
+        save_outputs(output_dir, weights, tokenizer, data.chat_format, resolved_config, summary, card=card)
+        if sharded:
+            shutil.rmtree(gathered, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 def write_weights(model, folder: Path, config: TrainConfig) -> None:

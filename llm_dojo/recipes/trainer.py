@@ -62,15 +62,16 @@ class DojoTrainer(Trainer):
             self.samples_seen += int(inputs["num_samples"])
         budget = getattr(self.args, "micro_batch_tokens", None)
         lengths = inputs["row_lengths"].tolist() if "row_lengths" in inputs else []
-        parts = split_by_token_budget(inputs, lengths, budget) if budget and lengths else [inputs]
+        # DeepSpeed steps its optimizer inside every backward it is handed at an accumulation boundary, so a batch
+        # split into parts would become several smaller updates: under DeepSpeed the batch goes whole.
+        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        parts = split_by_token_budget(inputs, lengths, budget) if budget and lengths and not deepspeed else [inputs]
         loss = None
         # Several processes: only the last part's backward may synchronise gradients. Ranks can split their
         # batches into different numbers of parts, and DDP must all-reduce the same number of times on each.
-        # (DeepSpeed accumulates and reduces by itself, as in the Trainer's own loop.)
-        deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
         for index, part in enumerate(parts):  # forward + backward per part; gradients add up in .grad
             last = index == len(parts) - 1
-            with contextlib.nullcontext() if last or deepspeed else self.accelerator.no_sync(model):
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
                 part_loss = super().training_step(model, part, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
             if self.args.device.type == "cpu":  # glibc keeps freed activations mapped: see llm_dojo/memory.py
