@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="/tmp/dojo-prepare-bench")
     parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--skip-trl", action="store_true", help="measure dojo only (TRL takes the longest)")
+    parser.add_argument("--prepare-only", action="store_true", help="measure the two preparations, no training")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -140,10 +142,14 @@ def main() -> None:
     env = {**os.environ, "HF_DATASETS_CACHE": str(work / f"hf-{stamp}"), "DOJO_CACHE_DIR": str(work / f"dojo-{stamp}"),
            "TOKENIZERS_PARALLELISM": "false"}
     results = {"records": args.records, "procs": args.procs, "file_mb": round(data.stat().st_size / 2**20)}
-    results["trl"] = measured(TRL.format(data=str(data), out=str(work / "trl-out"), procs=args.procs), env)
-    print("trl:", results["trl"], file=sys.stderr)
+    if not args.skip_trl:
+        results["trl"] = measured(TRL.format(data=str(data), out=str(work / "trl-out"), procs=args.procs), env)
+        print("trl:", results["trl"], file=sys.stderr)
     results["prepare"] = measured(PREPARE.format(data=str(data), procs=args.procs), env)
     print("dojo prepare:", results["prepare"], file=sys.stderr)
+    if args.prepare_only:
+        print(json.dumps(results))
+        return
     results["train"] = measured(TRAIN.format(data=str(data), out=str(work / "run"), settings=TRAIN_SETTINGS), env)
     print("dojo train, cache warm:", results["train"], file=sys.stderr)
     measured(PREPARE.format(data=str(small), procs=args.procs), env)  # its cache first, so only training is measured

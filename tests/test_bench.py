@@ -77,7 +77,7 @@ def test_token_counter_counts_only_the_batches_trained_on(tiny_model_dir, tmp_pa
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from llm_dojo.models.loading import load_model, load_tokenizer
-    from llm_dojo.recipes.sft import ListDataset
+    from llm_dojo.recipes.outputs import ListDataset
 
     folder = tiny_model_dir("llama")
     tokenizer = load_tokenizer(folder)

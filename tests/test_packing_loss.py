@@ -153,7 +153,7 @@ def one_sgd_step(model_dir: str, output_dir, records: list[dict], collator, batc
     from transformers import AutoModelForCausalLM
 
     from llm_dojo.config import DojoTrainingArguments
-    from llm_dojo.recipes.sft import ListDataset
+    from llm_dojo.recipes.outputs import ListDataset
     from llm_dojo.recipes.trainer import DojoTrainer
 
     torch.manual_seed(0)
