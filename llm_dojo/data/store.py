@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -117,6 +117,7 @@ class EncodedStore:
 
     folder: Path
     meta: dict
+    columns: dict = field(default_factory=dict, repr=False)  # numpy copies of the small per-row columns, read once
 
     @property
     def report(self) -> LoadReport:
@@ -126,7 +127,9 @@ class EncodedStore:
         return pyarrow.ipc.open_stream(pyarrow.memory_map(str(self.folder / "data.arrow"))).read_all()
 
     def column(self, name: str) -> numpy.ndarray:
-        return self.table().column(name).to_numpy()
+        if name not in self.columns:
+            self.columns[name] = self.table().column(name).to_numpy()
+        return self.columns[name]
 
     def dataset(self, rows: numpy.ndarray):
         """The selected rows as a memory-mapped `datasets.Dataset` holding the columns training reads."""
