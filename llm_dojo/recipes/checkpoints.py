@@ -82,10 +82,8 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
 def file_problem(path: Path) -> Optional[str]:
     """A damaged weight or state file: a safetensors file cut short, or a torch zip file with a bad CRC."""
     if path.suffix == ".safetensors":
-        with open(path, "rb") as handle:
-            header_size = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(header_size))
-        end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        header_size, tensors = safetensors_header(path)
+        end = max((entry["data_offsets"][1] for entry in tensors.values()), default=0)
         if 8 + header_size + end != path.stat().st_size:
             return "safetensors data does not end where its header says"
     elif path.suffix in (".pt", ".pth", ".bin") and zipfile.is_zipfile(path):
@@ -101,11 +99,16 @@ def file_problem(path: Path) -> Optional[str]:
     return None
 
 
-def safetensors_is_empty(path: Path) -> bool:
+def safetensors_header(path: Path) -> tuple[int, dict]:
+    """(header size, {tensor name: dtype, shape, data_offsets}) of a safetensors file, read without its data."""
     with open(path, "rb") as handle:
         header_size = struct.unpack("<Q", handle.read(8))[0]
         header = json.loads(handle.read(header_size))
-    shapes = [entry["shape"] for key, entry in header.items() if key != "__metadata__"]
+    return header_size, {key: entry for key, entry in header.items() if key != "__metadata__"}
+
+
+def safetensors_is_empty(path: Path) -> bool:
+    shapes = [entry["shape"] for entry in safetensors_header(path)[1].values()]
     return not shapes or any(0 in shape for shape in shapes)
 
 
