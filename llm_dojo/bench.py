@@ -1,6 +1,7 @@
 """`dojo bench`: training throughput of four runs on the same model, data, LoRA and seed, one subprocess each.
 
     dojo bench [--short] [--steps N] [--samples N] [--runs hf_padded,trl,trl_bs1,dojo] [--output FILE.json]
+    dojo bench --stage dpo [--samples 48] [--batch-size 4]     (TRL's DPOTrainer against ours: llm_dojo/bench_dpo.py)
 
 - hf_padded: plain `transformers.Trainer` + PEFT; each batch of 8 padded to its longest sample
   (`DataCollatorForSeq2Seq`), labels from our encoder, the model's own full-logits loss.
@@ -32,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+
+from llm_dojo.bench_dpo import DPO_RUNS, dpo_worker, format_dpo_table, write_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +130,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dojo bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = BenchSettings()
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
+    parser.add_argument("--stage", choices=["sft", "dpo"], default="sft",
+                        help="sft (the four SFT runs) or dpo (TRL's DPOTrainer against dojo's; bench_dpo.py)")
+    parser.add_argument("--runs", help=f"comma-separated subset of {','.join(RUNS)} (dpo: "
+                                       f"{','.join(DPO_RUNS)})")
     parser.add_argument("--short", action="store_true",
                         help="a smoke-sized run that finishes in minutes on a CPU: " + ", ".join(
                             f"--{k.replace('_', '-')} {v}" for k, v in SHORT_MODE.items())
@@ -145,10 +151,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="truncation length of every run, TRL's packed length and dojo's row length")
     parser.add_argument("--output", help="also write the results JSON to this file")
     parser.add_argument("--workdir", help="keep data, adapters and logs here (default: a temporary folder)")
-    parser.add_argument("--worker", choices=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=RUNS + DPO_RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.stage == "dpo":  # 48 length-skewed pairs, 4 per step: the issue's measured TRL setting
+        args.runs = args.runs or ",".join(DPO_RUNS)
+        args.samples = args.samples or 48
+        args.batch_size = args.batch_size or 4
+        args.eval_samples = args.eval_samples or 0
+        args.steps = args.steps or 0
+        if args.learning_rate == defaults.learning_rate:
+            args.learning_rate = 5e-5
+        return args
+    args.runs = args.runs or ",".join(RUNS)
     # Unset options take the short mode's values with --short, the full bench's otherwise.
     for name, full_value in (("steps", defaults.steps), ("samples", defaults.samples),
                              ("eval_samples", defaults.eval_samples), ("batch_size", defaults.batch_size)):
@@ -163,12 +179,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.worker:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        worker(args.worker, BenchSettings(**json.loads(args.settings)), Path(args.result))
+        settings = BenchSettings(**json.loads(args.settings))
+        if args.worker in DPO_RUNS:
+            dpo_worker(args.worker, settings, Path(args.result))
+        else:
+            worker(args.worker, settings, Path(args.result))
         return 0
+    known = DPO_RUNS if args.stage == "dpo" else RUNS
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    unknown = [r for r in runs if r not in RUNS]
+    unknown = [r for r in runs if r not in known]
     if unknown or not runs:
-        print(f"dojo bench: error: unknown run(s) {unknown}; choose from {', '.join(RUNS)}", file=sys.stderr)
+        print(f"dojo bench: error: unknown run(s) {unknown}; choose from {', '.join(known)}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="dojo-bench-") as scratch:
         settings = BenchSettings(model=args.model, samples=args.samples, eval_samples=args.eval_samples,
@@ -177,12 +198,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  max_len=args.max_len,
                                  workdir=str(Path(args.workdir or scratch).resolve()))
         Path(settings.workdir).mkdir(parents=True, exist_ok=True)
-        write_data(settings)
+        write_pairs(settings) if args.stage == "dpo" else write_data(settings)
         results = {}
         for run in runs:
             logger.info("bench: running %s", run)
             results[run] = run_in_subprocess(run, settings)
-    print(format_table(results), file=sys.stderr)
+    print((format_dpo_table if args.stage == "dpo" else format_table)(results), file=sys.stderr)
     line = json.dumps(results)
     if args.output:
         Path(args.output).write_text(json.dumps({"settings": asdict(settings), "results": results}, indent=2) + "\n")

@@ -101,6 +101,39 @@ class DataArguments:
     )
 
 
+STAGES = ("sft", "dpo", "simpo", "orpo", "kto")
+# β when the config does not set it: the values the papers (and TRL) start from. SimPO's β scales per-token means,
+# which differ by little, hence its larger value.
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
+
+
+@dataclass
+class StageArguments:
+    """Which training stage runs (sft, or preference training on chosen/rejected pairs) and its loss settings."""
+
+    stage: Literal["sft", "dpo", "simpo", "orpo", "kto"] = field(
+        default="sft", metadata={"help": "sft | dpo | simpo | orpo | kto (preference stages: docs/preference.md)"}
+    )
+    beta: Optional[float] = field(
+        default=None, metadata={"help": "preference strength β (unset: dpo 0.1, simpo 2.0, orpo 0.1, kto 0.1)"}
+    )
+    dpo_loss_type: Literal["sigmoid", "robust", "hinge", "ipo", "apo_zero", "apo_down"] = field(
+        default="sigmoid", metadata={"help": "DPO variant (llm_tricks/preference/README.md)"}
+    )
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "share of pairs assumed mislabelled (dpo sigmoid/robust, simpo)"}
+    )
+    gamma_beta_ratio: float = field(default=0.5, metadata={"help": "SimPO's target margin γ/β"})
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "dpo/kto: score every pair with the reference once before training"}
+    )
+    desirable_weight: float = field(default=1.0, metadata={"help": "kto: weight of desirable examples"})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "kto: weight of undesirable examples"})
+
+    def resolved_beta(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.stage, 0.1)
+
+
 @dataclass
 class DojoTrainingArguments(TrainingArguments):
     """`transformers.TrainingArguments` with defaults that suit chat fine-tuning on one machine."""
@@ -125,7 +158,7 @@ class DojoTrainingArguments(TrainingArguments):
     )
 
 
-CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, DojoTrainingArguments)
+CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, StageArguments, DojoTrainingArguments)
 
 # transformers 5.x renamed gradient checkpointing to activation checkpointing; the old names stay as aliases that
 # TrainingArguments copies over only when it is constructed. The Trainer reads the new names, so a recipe that
@@ -165,11 +198,12 @@ class TrainConfig:
     # Keys the user wrote (config file or command line): a setting the recipe may decide itself, such as
     # gradient_checkpointing, is only decided when it is not among them.
     explicit_keys: frozenset = frozenset()
+    stage: StageArguments = field(default_factory=StageArguments)
 
     def to_flat_dict(self) -> dict:
         """All fields as one flat dict of plain values (the resolved config written next to the adapter)."""
         flat: dict = {}
-        for part in (self.model, self.adapter, self.data):
+        for part in (self.model, self.adapter, self.data, self.stage):
             flat.update({f.name: getattr(part, f.name) for f in fields(part)})
         training = self.training.to_dict()
         flat.update({k: v for k, v in training.items() if not k.startswith("_")})
@@ -250,13 +284,14 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
     decided.update(evaluation_defaults({**values, **cli_values}))
     parser = _RaisingParser(CONFIG_CLASSES)
     try:
-        model_args, adapter_args, data_args, training_args = parser.parse_args_into_dataclasses(
+        model_args, adapter_args, data_args, stage_args, training_args = parser.parse_args_into_dataclasses(
             args=_to_argv(values) + _to_argv(cli_values) + _to_argv(decided))
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:  # raised by TrainingArguments.__post_init__ for inconsistent values
         raise ConfigError(f"{origin}: {err}") from None
-    config = TrainConfig(model_args, adapter_args, data_args, training_args, frozenset(values) | frozenset(cli_values))
+    config = TrainConfig(model_args, adapter_args, data_args, training_args, frozenset(values) | frozenset(cli_values),
+                         stage_args)
     validate(config, origin)
     return config
 
@@ -344,6 +379,20 @@ def validate(config: TrainConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: 'lora_dropout' must be in [0, 1), got {adapter.lora_dropout}")
     if adapter.loraplus_lr_ratio is not None and adapter.loraplus_lr_ratio <= 0:
         raise ConfigError(f"{origin}: 'loraplus_lr_ratio' must be positive, got {adapter.loraplus_lr_ratio}")
+    stage = config.stage
+    if stage.beta is not None and not stage.beta > 0:
+        raise ConfigError(f"{origin}: 'beta' must be positive, got {stage.beta}")
+    if stage.dpo_loss_type == "robust" and not 0 <= stage.label_smoothing < 0.5:
+        raise ConfigError(f"{origin}: 'label_smoothing' must be in [0, 0.5) for dpo_loss_type robust, "
+                          f"got {stage.label_smoothing}")
+    if not 0 <= stage.label_smoothing < 1:
+        raise ConfigError(f"{origin}: 'label_smoothing' must be in [0, 1), got {stage.label_smoothing}")
+    if stage.precompute_ref_log_probs and stage.stage not in ("dpo", "kto"):
+        raise ConfigError(f"{origin}: 'precompute_ref_log_probs' applies to dpo and kto (stage {stage.stage} "
+                          f"uses no reference model)")
+    if stage.stage != "sft" and adapter.trick_impl == "dojo":
+        raise ConfigError(f"{origin}: preference stages use PEFT adapters (the reference is the base with the adapter "
+                          f"disabled); set trick_impl: peft")
     if adapter.trick_impl == "dojo":
         if config.model.train_mode != "lora":
             raise ConfigError(f"{origin}: 'trick_impl: dojo' supports train_mode 'lora' only (got '{config.model.train_mode}')")

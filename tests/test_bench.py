@@ -117,3 +117,16 @@ def test_tiny_bench_prints_one_json_line_with_every_key_for_every_run(tiny_model
     # The same 8 samples, whole: the padded and the packed runs feed the same real tokens.
     assert results["hf_padded"]["real_tokens"] == results["trl"]["real_tokens"]
     assert json.loads(output.read_text())["results"] == results
+
+
+def test_dpo_bench_defaults_and_pairs():
+    from llm_dojo.bench_dpo import make_pairs
+
+    args = parse_args(["--stage", "dpo"])
+    assert (args.runs, args.samples, args.batch_size, args.learning_rate) == ("trl_dpo,dojo_dpo", 48, 4, 5e-5)
+    pairs = make_pairs(200, seed=0)
+    assert pairs == make_pairs(200, seed=0)  # deterministic
+    words = sorted(len(p[side][0]["content"].split()) for p in pairs for side in ("chosen", "rejected"))
+    # Length-skewed: most answers short, a long tail (10 to 300 words drawn log-uniformly).
+    assert words[0] >= 3 and words[-1] <= 330 and words[len(words) // 2] < 100 < words[-1]
+

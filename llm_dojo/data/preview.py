@@ -71,6 +71,8 @@ def main(argv: list[str]) -> int:
     try:
         config = load_config(config_path, overrides)
         tokenizer = load_tokenizer(config.model.model_name_or_path, config.model.trust_remote_code)
+        if config.stage.stage != "sft":
+            return show_preference_data(config, tokenizer, args)
         prepared = prepare_sft_data(config.data, tokenizer, config.training.seed, with_eval=False)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"dojo inspect: error: {err}", file=sys.stderr)
@@ -110,4 +112,67 @@ def main(argv: list[str]) -> int:
     print(f"samples: {stats.summary()}")
     print(f"length percentiles: p10 {statistics['length_p10']}, p50 {statistics['length_p50']}, "
           f"p90 {statistics['length_p90']}, max {statistics['length_max']}")
+    return 0
+
+
+def side_by_side(left: str, right: str, titles: tuple[str, str], width: int) -> str:
+    """Two texts in columns of `width` characters each (wrapped, line breaks kept)."""
+    import textwrap
+
+    def lines(text: str) -> list[str]:
+        return [piece for line in text.splitlines() or [""] for piece in textwrap.wrap(line, width) or [""]]
+
+    left_lines, right_lines = [titles[0]] + lines(left), [titles[1]] + lines(right)
+    rows = max(len(left_lines), len(right_lines))
+    left_lines += [""] * (rows - len(left_lines))
+    right_lines += [""] * (rows - len(right_lines))
+    return "\n".join(f"{a:<{width}} │ {b}" for a, b in zip(left_lines, right_lines))
+
+
+def show_preference_data(config, tokenizer, args) -> int:
+    """Pairs (or KTO examples): the shared prompt once, then what is trained of each answer, side by side."""
+    import shutil
+
+    from llm_dojo.data.preference import first_trained, prepare_preference_data
+
+    prepared = prepare_preference_data(config.data, config.stage.stage, tokenizer, config.training.seed)
+    kto = config.stage.stage == "kto"
+    shown = prepared.train[: max(0, args.num_samples)]
+
+    def trained(ids: list[int], labels: list[int]) -> str:
+        return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
+
+    if args.json:
+        keys = ("input_ids", "labels") if kto else ("chosen_input_ids", "chosen_labels", "rejected_input_ids",
+                                                    "rejected_labels")
+        items = [{**{k: item[k] for k in keys}, **({"desirable": item["desirable"]} if kto else {}),
+                  **({"trained_text": trained(item["input_ids"], item["labels"])} if kto else
+                     {"chosen_trained_text": trained(item["chosen_input_ids"], item["chosen_labels"]),
+                      "rejected_trained_text": trained(item["rejected_input_ids"], item["rejected_labels"])})}
+                 for item in shown]
+        stats = prepared.stats
+        print(json.dumps({"stats": {"stage": config.stage.stage, "examples": stats.examples, "tokens": stats.tokens,
+                                    "trained_tokens": stats.trained_tokens, "dropped_too_long": stats.too_long,
+                                    "template": prepared.chat_format.name}, "examples": items}, ensure_ascii=False))
+        return 0
+    width = max(30, min(70, (shutil.get_terminal_size((120, 40)).columns - 3) // 2))
+    for index, item in enumerate(shown):
+        ids = item["input_ids"] if kto else item["chosen_input_ids"]
+        labels = item["labels"] if kto else item["chosen_labels"]
+        print(f"── example {index + 1}: prompt as rendered (not trained)")
+        print(tokenizer.decode(ids[:first_trained(labels)]))
+        if kto:
+            verdict = "desirable" if item["desirable"] else "undesirable"
+            print(f"── trained answer ({verdict}), {sum(l != IGNORE_INDEX for l in labels)} tokens")
+            print(trained(ids, labels))
+        else:
+            counts = [sum(l != IGNORE_INDEX for l in item[f"{side}_labels"]) for side in ("chosen", "rejected")]
+            print(side_by_side(trained(item["chosen_input_ids"], item["chosen_labels"]),
+                               trained(item["rejected_input_ids"], item["rejected_labels"]),
+                               (f"chosen (trained, {counts[0]} tokens)", f"rejected (trained, {counts[1]} tokens)"),
+                               width))
+        print()
+    print(f"template: {prepared.chat_format.name}, terminator {prepared.chat_format.terminator!r}")
+    print(f"records: {prepared.report.records} read, {prepared.report.skipped} skipped as invalid")
+    print(f"{config.stage.stage}: {prepared.stats.summary('examples' if kto else 'pairs')}")
     return 0

@@ -155,8 +155,12 @@ def plain(value):
     return str(value)
 
 
+REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
 def plot_loss(log_history: list[dict], path: Path) -> None:
-    """training_loss.png: the logged training (and eval) loss by step."""
+    """training_loss.png: the logged training (and eval) loss by step; for preference stages, the rewards of the
+    chosen and rejected answers, their margin and the share of pairs ranked right, in a second panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +168,11 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
 
     steps = [e["step"] for e in log_history if "loss" in e]
     losses = [e["loss"] for e in log_history if "loss" in e]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    rewards = {name: [(e["step"], e[name]) for e in log_history if name in e and "loss" in e]
+               for name in REWARD_CURVES}
+    rewards = {name: points for name, points in rewards.items() if points}
+    fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(11 if rewards else 6, 4), squeeze=False)
+    ax = axes[0][0]
     ax.plot(steps, losses, marker="o", label="train loss")
     eval_points = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     if eval_points:
@@ -174,6 +182,23 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
     ax.set_title("LLM-Dojo training loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    if rewards:
+        reward_ax = axes[0][1]
+        for name, points in rewards.items():
+            if name != "rewards/accuracies":
+                reward_ax.plot(*zip(*points), marker=".", label=name)
+        reward_ax.set_xlabel("step")
+        reward_ax.set_ylabel("reward (β · log-ratio)")
+        reward_ax.set_title("rewards")
+        reward_ax.grid(alpha=0.3)
+        if "rewards/accuracies" in rewards:  # a share, on its own scale
+            share_ax = reward_ax.twinx()
+            share_ax.plot(*zip(*rewards["rewards/accuracies"]), color="grey", linestyle="--",
+                          label="rewards/accuracies")
+            share_ax.set_ylim(-0.05, 1.05)
+            share_ax.set_ylabel("pairs ranked right")
+            share_ax.legend(loc="lower right")
+        reward_ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

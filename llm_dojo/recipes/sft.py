@@ -66,6 +66,10 @@ def train(config: TrainConfig, return_model: bool = False):
     """Run one fine-tuning job and return a summary (losses, timings); with return_model, (summary, model)."""
     from transformers import set_seed
 
+    if config.stage.stage != "sft":  # each stage is its own recipe file; they share this module's helpers
+        from llm_dojo.recipes.preference import train_preference
+
+        return train_preference(config, return_model)
     from llm_dojo.recipes.trainer import CountingCollator, DojoTrainer  # transformers' Trainer: not for --help
 
     args = config.training

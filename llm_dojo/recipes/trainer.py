@@ -29,9 +29,10 @@ class CountingCollator:
         if "row_lengths" not in batch:  # a collator that packs the batch itself says how long its rows are
             batch["row_lengths"] = torch.tensor([len(row["input_ids"]) for row in rows])
         batch["num_real_tokens"] = batch["row_lengths"].sum()
-        # A packed row holds one sample per position 0; an unpacked one is one sample.
-        batch["num_samples"] = torch.tensor(sum(row["position_ids"].count(0) if "position_ids" in row else 1
-                                                for row in rows))
+        if "num_samples" not in batch:  # preference collators count their pairs themselves
+            # A packed row holds one sample per position 0; an unpacked one is one sample.
+            batch["num_samples"] = torch.tensor(sum(row["position_ids"].count(0) if "position_ids" in row else 1
+                                                    for row in rows))
         return batch
 
 
@@ -60,12 +61,11 @@ class DojoTrainer(Trainer):
         if "num_real_tokens" in inputs:  # counted here, once per batch actually trained (see CountingCollator)
             self.real_tokens_seen += int(inputs["num_real_tokens"])
             self.samples_seen += int(inputs["num_samples"])
-        budget = getattr(self.args, "micro_batch_tokens", None)
-        lengths = inputs["row_lengths"].tolist() if "row_lengths" in inputs else []
         # DeepSpeed steps its optimizer inside every backward it is handed at an accumulation boundary, so a batch
         # split into parts would become several smaller updates: under DeepSpeed the batch goes whole.
         deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        parts = split_by_token_budget(inputs, lengths, budget) if budget and lengths and not deepspeed else [inputs]
+        budget = None if deepspeed else getattr(self.args, "micro_batch_tokens", None)
+        parts = self.micro_batches(inputs, budget)
         loss = None
         # Several processes: only the last part's backward may synchronise gradients. Ranks can split their
         # batches into different numbers of parts, and DDP must all-reduce the same number of times on each.
@@ -77,6 +77,11 @@ class DojoTrainer(Trainer):
             if self.args.device.type == "cpu":  # glibc keeps freed activations mapped: see llm_dojo/memory.py
                 return_freed_memory()
         return loss
+
+    def micro_batches(self, inputs: dict, budget: int | None) -> list[dict]:
+        """The batch cut into parts of whole rows under the token budget (or whole, without a budget)."""
+        lengths = inputs["row_lengths"].tolist() if "row_lengths" in inputs else []
+        return split_by_token_budget(inputs, lengths, budget) if budget and lengths else [inputs]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, _ = trained_positions_loss(model, inputs, num_items_in_batch)
