@@ -225,3 +225,23 @@ def test_a_kto_file_given_to_dpo_says_so(tmp_path, write_jsonl, tiny_model_dir):
     with pytest.raises(DataError, match=r"kto\.jsonl:1: field 'chosen' is missing.*use stage: kto"):
         train(config_for(tmp_path, data, tiny_model_dir("llama")))
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path, pairs_file, tiny_model_dir):
+    """4 pairs in one batch, or 2 × 2 accumulated: the same update (the loss is a mean over the window's pairs)."""
+    from safetensors.torch import load_file
+
+    from llm_dojo.recipes.sft import train
+
+    adapters = []
+    for name, batch, accumulation in (("whole", 4, 1), ("accumulated", 2, 2)):
+        out = tmp_path / name
+        train(config_for(out, pairs_file, tiny_model_dir("llama"), max_steps=1, per_device_train_batch_size=batch,
+                         gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5, lora_dropout=0,
+                         micro_batch_tokens=100000))
+        adapters.append(load_file(str(out / "out" / "adapter_model.safetensors")))
+    assert adapters[0].keys() == adapters[1].keys()
+    moved = max(float(t.abs().max()) for k, t in adapters[0].items() if "lora_B" in k)
+    assert moved > 1e-4  # the step really changed B
+    for key in adapters[0]:
+        torch.testing.assert_close(adapters[0][key], adapters[1][key], rtol=1e-4, atol=1e-6)
