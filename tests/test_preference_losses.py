@@ -278,3 +278,17 @@ def test_the_comparison_catches_a_shift_or_gather_mistake(mistake):
 def test_sequence_logps_shapes_are_checked():
     with pytest.raises(ValueError, match="must agree"):
         sequence_logps(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mistake", ["swapped sides", "no reference", "mean instead of sum"])
+def test_the_dpo_comparison_catches_plausible_mistakes(mistake):
+    pairs = random_pairs(seed=9)
+    theirs = trl_dpo_mean_loss(pairs, "sigmoid", beta=0.1).detach()
+    c, r, rc, rr = pairs["chosen"], pairs["rejected"], pairs["ref_chosen"], pairs["ref_rejected"]
+    args = {"swapped sides": (r, c, rr, rc),  # chosen and rejected exchanged: the sign of the margin flips
+            "no reference": (c, r, torch.zeros_like(rc), torch.zeros_like(rr)),
+            "mean instead of sum": (c / pairs["lengths_chosen"], r / pairs["lengths_rejected"],
+                                    rc / pairs["lengths_chosen"], rr / pairs["lengths_rejected"])}[mistake]
+    torch.testing.assert_close(dpo_loss(c, r, rc, rr)[0].mean().detach(), theirs, **TOL)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(dpo_loss(*args)[0].mean().detach(), theirs, **TOL)

@@ -51,8 +51,13 @@ def sample_json(tokenizer, sample: EncodedSample) -> dict:
         "input_ids": sample.input_ids,
         "tokens": tokenizer.convert_ids_to_tokens(sample.input_ids),
         "labels": sample.labels,
-        "trained_text": tokenizer.decode([t for t, l in zip(sample.input_ids, sample.labels) if l != IGNORE_INDEX]),
+        "trained_text": trained_text(tokenizer, sample.input_ids, sample.labels),
     }
+
+
+def trained_text(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """The trained tokens (label != -100) decoded, joined."""
+    return tokenizer.decode([t for t, label in zip(input_ids, labels) if label != IGNORE_INDEX])
 
 
 def main(argv: list[str]) -> int:
@@ -139,16 +144,13 @@ def show_preference_data(config, tokenizer, args) -> int:
     kto = config.stage.stage == "kto"
     shown = prepared.train[: max(0, args.num_samples)]
 
-    def trained(ids: list[int], labels: list[int]) -> str:
-        return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
-
     if args.json:
         keys = ("input_ids", "labels") if kto else ("chosen_input_ids", "chosen_labels", "rejected_input_ids",
                                                     "rejected_labels")
         items = [{**{k: item[k] for k in keys}, **({"desirable": item["desirable"]} if kto else {}),
-                  **({"trained_text": trained(item["input_ids"], item["labels"])} if kto else
-                     {"chosen_trained_text": trained(item["chosen_input_ids"], item["chosen_labels"]),
-                      "rejected_trained_text": trained(item["rejected_input_ids"], item["rejected_labels"])})}
+                  **({"trained_text": trained_text(tokenizer, item["input_ids"], item["labels"])} if kto else
+                     {"chosen_trained_text": trained_text(tokenizer, item["chosen_input_ids"], item["chosen_labels"]),
+                      "rejected_trained_text": trained_text(tokenizer, item["rejected_input_ids"], item["rejected_labels"])})}
                  for item in shown]
         stats = prepared.stats
         print(json.dumps({"stats": {"stage": config.stage.stage, "examples": stats.examples, "tokens": stats.tokens,
@@ -164,11 +166,11 @@ def show_preference_data(config, tokenizer, args) -> int:
         if kto:
             verdict = "desirable" if item["desirable"] else "undesirable"
             print(f"── trained answer ({verdict}), {sum(l != IGNORE_INDEX for l in labels)} tokens")
-            print(trained(ids, labels))
+            print(trained_text(tokenizer, ids, labels))
         else:
             counts = [sum(l != IGNORE_INDEX for l in item[f"{side}_labels"]) for side in ("chosen", "rejected")]
-            print(side_by_side(trained(item["chosen_input_ids"], item["chosen_labels"]),
-                               trained(item["rejected_input_ids"], item["rejected_labels"]),
+            print(side_by_side(trained_text(tokenizer, item["chosen_input_ids"], item["chosen_labels"]),
+                               trained_text(tokenizer, item["rejected_input_ids"], item["rejected_labels"]),
                                (f"chosen (trained, {counts[0]} tokens)", f"rejected (trained, {counts[1]} tokens)"),
                                width))
         print()
