@@ -76,6 +76,9 @@ def run_trl_dpo(settings, train_path: Path, out: Path) -> dict:
                      max_length=settings.max_len, gradient_checkpointing=True,
                      gradient_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1, save_strategy="no",
                      report_to="none", seed=settings.seed, disable_tqdm=True, use_cpu=True, dataset_num_proc=1,
+                     # TRL's configs default to bf16=True; on a CPU without bf16 units that autocast emulates every
+                     # matmul (a 4-pair step took ~5 minutes here). Both runs compute in fp32.
+                     bf16=False,
                      lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0)
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=load_dataset("json", data_files=str(train_path), split="train"),
