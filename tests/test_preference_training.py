@@ -162,7 +162,7 @@ def test_budget_split_keeps_pairs_whole_and_the_gradient_unchanged(tmp_path, pai
 @pytest.mark.parametrize("stage,overrides", [
     ("dpo", {}), ("dpo", {"dpo_loss_type": "ipo"}), ("dpo", {"precompute_ref_log_probs": True}),
     ("simpo", {}), ("orpo", {}), ("kto", {}), ("kto", {"precompute_ref_log_probs": True}),
-    ("dpo", {"packing": False}),
+    ("dpo", {"packing": False}), ("dpo", {"train_mode": "qlora"}), ("dpo", {"use_dora": True}),
 ])
 def test_each_stage_trains_logs_its_metrics_and_saves_a_peft_adapter(tmp_path, write_jsonl, tiny_model_dir, stage,
                                                                      overrides):
