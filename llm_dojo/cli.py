@@ -20,6 +20,7 @@ COMMANDS = {
     "generate": ("llm_dojo.infer.generate", "batched generation over a jsonl file of prompts"),
     "merge": ("llm_dojo.infer.merge", "merge an adapter into its base model and save a standalone model"),
     "serve": ("llm_dojo.serve.cli", "OpenAI-compatible HTTP server"),
+    "eval": ("llm_dojo.eval.cli", "held-out loss, answer metrics, lm-eval tasks; before/after report"),
     "bench": ("llm_dojo.bench", "throughput benchmark: HF Trainer vs TRL vs dojo"),
 }
 

@@ -123,7 +123,7 @@ def check_train_command(argv: list[str]) -> None:
     values = {**from_file, **from_cli}
     check_model(str(values.get("model_name_or_path") or EMBEDDED_ALIAS))
     folder = Path(config_path).resolve().parent if config_path else None
-    for key in ("train_data_path", "eval_data_path"):
+    for key in ("train_data_path", "eval_data_path", "eval_prompts_path", "eval_after_training"):
         if isinstance(values.get(key), str):
             check_data_path(values[key], key, folder if key in from_file and key not in from_cli else None)
     check_output_dir(str(values.get("output_dir") or "outputs/run"), _truthy(values.get("overwrite_output_dir")))
