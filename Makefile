@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 # torch==2.13.0 is the CPU build that lies on this machine's disk; a looser spec would pull a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 
-.PHONY: install demo demo-dpo test test-fast bench clean
+.PHONY: install demo demo-dpo demo-rl demo-distill test test-fast bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 
 demo-dpo: $(STAMP)
 	$(BIN)/python -m llm_dojo.demo_preference
+
+demo-rl: $(STAMP)
+	$(BIN)/python -m llm_dojo.demo_rl
+
+demo-distill: $(STAMP)
+	$(BIN)/python -m llm_dojo.demo_distill
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,7 @@
 
     dojo bench [--short] [--steps N] [--samples N] [--runs hf_padded,trl,trl_bs1,dojo] [--output FILE.json]
     dojo bench --stage dpo [--samples 48] [--batch-size 4]     (TRL's DPOTrainer against ours: llm_dojo/bench_dpo.py)
+    dojo bench --stage grpo [--steps 8]                         (TRL's GRPOTrainer against ours: llm_dojo/bench_grpo.py)
 
 - hf_padded: plain `transformers.Trainer` + PEFT; each batch of 8 padded to its longest sample
   (`DataCollatorForSeq2Seq`), labels from our encoder, the model's own full-logits loss.
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from llm_dojo.bench_dpo import DPO_RUNS, dpo_worker, format_dpo_table, write_pairs
+from llm_dojo.bench_grpo import GRPO_RUNS, compare_grpo, format_grpo_table, grpo_worker, write_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +132,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dojo bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = BenchSettings()
-    parser.add_argument("--stage", choices=["sft", "dpo"], default="sft",
-                        help="sft (the four SFT runs) or dpo (TRL's DPOTrainer against dojo's; bench_dpo.py)")
+    parser.add_argument("--stage", choices=["sft", "dpo", "grpo"], default="sft",
+                        help="sft (the four SFT runs), dpo (TRL's DPOTrainer against dojo's; bench_dpo.py) or grpo "
+                             "(TRL's GRPOTrainer against dojo's; bench_grpo.py)")
     parser.add_argument("--runs", help=f"comma-separated subset of {','.join(RUNS)} (dpo: "
-                                       f"{','.join(DPO_RUNS)})")
+                                       f"{','.join(DPO_RUNS)}; grpo: {','.join(GRPO_RUNS)})")
     parser.add_argument("--short", action="store_true",
                         help="a smoke-sized run that finishes in minutes on a CPU: " + ", ".join(
                             f"--{k.replace('_', '-')} {v}" for k, v in SHORT_MODE.items())
@@ -151,7 +154,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="truncation length of every run, TRL's packed length and dojo's row length")
     parser.add_argument("--output", help="also write the results JSON to this file")
     parser.add_argument("--workdir", help="keep data, adapters and logs here (default: a temporary folder)")
-    parser.add_argument("--worker", choices=RUNS + DPO_RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=RUNS + DPO_RUNS + GRPO_RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -163,6 +166,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.steps = args.steps or 0
         if args.learning_rate == defaults.learning_rate:
             args.learning_rate = 5e-5
+        return args
+    if args.stage == "grpo":  # one demo prompt × 8 completions per step; 8 steps: 7 timed after the warm-up
+        args.runs = args.runs or ",".join(GRPO_RUNS)
+        args.steps = args.steps or 8
+        args.samples = args.samples or 0  # the RL demo's 48 prompts, whatever this says
+        args.eval_samples = args.eval_samples or 0
+        args.batch_size = args.batch_size or 1  # prompts per optimizer step
         return args
     args.runs = args.runs or ",".join(RUNS)
     # Unset options take the short mode's values with --short, the full bench's otherwise.
@@ -182,10 +192,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         settings = BenchSettings(**json.loads(args.settings))
         if args.worker in DPO_RUNS:
             dpo_worker(args.worker, settings, Path(args.result))
+        elif args.worker in GRPO_RUNS:
+            grpo_worker(args.worker, settings, Path(args.result))
         else:
             worker(args.worker, settings, Path(args.result))
         return 0
-    known = DPO_RUNS if args.stage == "dpo" else RUNS
+    known = {"dpo": DPO_RUNS, "grpo": GRPO_RUNS}.get(args.stage, RUNS)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = [r for r in runs if r not in known]
     if unknown or not runs:
@@ -196,14 +208,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                                  learning_rate=args.learning_rate,
                                  max_len=args.max_len,
+                                 # the GRPO issue's LoRA has no dropout (dpo's and sft's keep the default)
+                                 lora_dropout=0.0 if args.stage == "grpo" else BenchSettings.lora_dropout,
                                  workdir=str(Path(args.workdir or scratch).resolve()))
         Path(settings.workdir).mkdir(parents=True, exist_ok=True)
-        write_pairs(settings) if args.stage == "dpo" else write_data(settings)
+        {"dpo": write_pairs, "grpo": write_prompts}.get(args.stage, write_data)(settings)
         results = {}
         for run in runs:
             logger.info("bench: running %s", run)
             results[run] = run_in_subprocess(run, settings)
-    print((format_dpo_table if args.stage == "dpo" else format_table)(results), file=sys.stderr)
+    print({"dpo": format_dpo_table, "grpo": format_grpo_table}.get(args.stage, format_table)(results), file=sys.stderr)
+    comparison = compare_grpo(results) if args.stage == "grpo" else {}
+    if comparison:
+        results["comparison"] = comparison  # TRL ÷ dojo: the speed-ups and the peak-memory ratio
     line = json.dumps(results)
     if args.output:
         Path(args.output).write_text(json.dumps({"settings": asdict(settings), "results": results}, indent=2) + "\n")

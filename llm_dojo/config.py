@@ -78,6 +78,10 @@ class DataArguments:
         default=None, metadata={"help": "mix the comma-separated sources: one factor each, e.g. '1,0.5' (0.5 = half)"}
     )
     eval_data_path: Optional[str] = field(default=None, metadata={"help": "held-out data in the same formats"})
+    eval_after_training: Optional[str] = field(
+        default=None, metadata={"help": "after training, answer these records (jsonl or comma list, same formats) and "
+                                        "write loss and answer metrics to output_dir/eval (dojo eval)"}
+    )
     template_name: str = field(
         default="auto", metadata={"help": "auto (the tokenizer's own chat template) or a registry name (dojo template list)"}
     )
@@ -101,21 +105,25 @@ class DataArguments:
     )
 
 
-STAGES = ("sft", "dpo", "simpo", "orpo", "kto")
+STAGES = ("sft", "dpo", "simpo", "orpo", "kto", "grpo", "distill")
 # β when the config does not set it: the values the papers (and TRL) start from. SimPO's β scales per-token means,
 # which differ by little, hence its larger value.
-DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1}
+# GRPO's β weighs a KL penalty that recent work (DAPO, Dr.GRPO) and TRL leave off; distill's is the JSD mixture.
+DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0, "orpo": 0.1, "kto": 0.1, "grpo": 0.0, "distill": 0.5}
 
 
 @dataclass
 class StageArguments:
     """Which training stage runs (sft, or preference training on chosen/rejected pairs) and its loss settings."""
 
-    stage: Literal["sft", "dpo", "simpo", "orpo", "kto"] = field(
-        default="sft", metadata={"help": "sft | dpo | simpo | orpo | kto (preference stages: docs/preference.md)"}
+    stage: Literal["sft", "dpo", "simpo", "orpo", "kto", "grpo", "distill"] = field(
+        default="sft", metadata={"help": "sft | dpo | simpo | orpo | kto (preference stages: docs/preference.md) | "
+                                         "grpo | distill (RL and distillation: docs/rl.md)"}
     )
     beta: Optional[float] = field(
-        default=None, metadata={"help": "preference strength β (unset: dpo 0.1, simpo 2.0, orpo 0.1, kto 0.1)"}
+        default=None, metadata={"help": "preference strength β (unset: dpo 0.1, simpo 2.0, orpo 0.1, kto 0.1); grpo: "
+                                        "weight of the KL to the reference (unset: 0); distill: the generalised JSD's "
+                                        "mixture β (0 forward KL, 1 reverse KL; unset: 0.5)"}
     )
     dpo_loss_type: Literal["sigmoid", "robust", "hinge", "ipo", "apo_zero", "apo_down"] = field(
         default="sigmoid", metadata={"help": "DPO variant (llm_tricks/preference/README.md)"}
@@ -132,6 +140,67 @@ class StageArguments:
 
     def resolved_beta(self) -> float:
         return self.beta if self.beta is not None else DEFAULT_BETA.get(self.stage, 0.1)
+
+
+@dataclass
+class RLArguments:
+    """stage: grpo (sampled completions scored by reward functions) and stage: distill (a teacher's distribution)."""
+
+    num_generations: int = field(default=8, metadata={"help": "completions sampled per prompt (one group)"})
+    max_completion_length: int = field(default=256, metadata={"help": "most tokens per sampled completion"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the completions"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling of the completions"})
+    num_iterations: int = field(
+        default=1, metadata={"help": "optimizer steps per generated batch (>1: clipped importance ratios)"}
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "clip range below 1 of the ratio (and above, unless "
+                                                          "epsilon_high is set)"})
+    epsilon_high: Optional[float] = field(default=None, metadata={"help": "clip range above 1 (DAPO's clip-higher: 0.28)"})
+    rl_loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = field(
+        default="dapo", metadata={"help": "how token losses are averaged (llm_tricks/rl/README.md)"}
+    )
+    advantage: Literal["grpo", "rloo", "kd"] = field(
+        default="grpo", metadata={"help": "grpo (group mean and std) | rloo (leave-one-out) | kd (teacher log-prob "
+                                          "minus the policy's, per token, no rewards)"}
+    )
+    scale_rewards: Literal["group", "batch", "none"] = field(
+        default="group", metadata={"help": "grpo advantages divided by the group's std, the batch's, or nothing "
+                                           "(Dr.GRPO)"}
+    )
+    reward_funcs: Optional[str] = field(
+        default=None, metadata={"help": "comma-separated reward functions: format | math_answer | length | "
+                                        "think_format | package.module:function"}
+    )
+    reward_weights: Optional[str] = field(default=None, metadata={"help": "comma-separated weights (default all 1)"})
+    reward_format_pattern: Optional[str] = field(
+        default=None, metadata={"help": "the `format` reward's regular expression (the whole completion must match)"}
+    )
+    overlong_cache: Optional[int] = field(
+        default=None, metadata={"help": "the `length` reward: the last N tokens before max_completion_length are "
+                                        "penalised linearly (DAPO's soft over-long penalty; default a quarter)"}
+    )
+    system_prompt: Optional[str] = field(
+        default=None, metadata={"help": "a system message put before every prompt that has none"}
+    )
+    teacher_model: Optional[str] = field(
+        default=None, metadata={"help": "a local teacher (model folder or hub name) for advantage: kd, kd_coef or "
+                                        "stage: distill"}
+    )
+    teacher_adapter: Optional[str] = field(default=None, metadata={"help": "an adapter folder put on the teacher"})
+    teacher_url: Optional[str] = field(
+        default=None, metadata={"help": "an OpenAI-compatible server of the teacher (e.g. `dojo serve`, vLLM): its "
+                                        "/v1/completions scores the sampled tokens (echo + logprobs)"}
+    )
+    kd_coef: float = field(
+        default=0.0, metadata={"help": "grpo/rloo: add kd_coef × (teacher log-prob − policy log-prob) to each "
+                                       "token's advantage (needs a teacher); advantage kd uses 1 when unset"}
+    )
+    lmbda: float = field(default=0.5, metadata={"help": "distill: share of batches whose answers the student samples "
+                                                        "itself (on-policy); the rest use the data's answers"})
+    eval_prompts_path: Optional[str] = field(
+        default=None, metadata={"help": "grpo: held-out prompts whose mean reward (greedy) is measured before and "
+                                        "after training"}
+    )
 
 
 @dataclass
@@ -158,7 +227,7 @@ class DojoTrainingArguments(TrainingArguments):
     )
 
 
-CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, StageArguments, DojoTrainingArguments)
+CONFIG_CLASSES = (ModelArguments, AdapterArguments, DataArguments, StageArguments, RLArguments, DojoTrainingArguments)
 
 # transformers 5.x renamed gradient checkpointing to activation checkpointing; the old names stay as aliases that
 # TrainingArguments copies over only when it is constructed. The Trainer reads the new names, so a recipe that
@@ -199,11 +268,12 @@ class TrainConfig:
     # gradient_checkpointing, is only decided when it is not among them.
     explicit_keys: frozenset = frozenset()
     stage: StageArguments = field(default_factory=StageArguments)
+    rl: RLArguments = field(default_factory=RLArguments)
 
     def to_flat_dict(self) -> dict:
         """All fields as one flat dict of plain values (the resolved config written next to the adapter)."""
         flat: dict = {}
-        for part in (self.model, self.adapter, self.data, self.stage):
+        for part in (self.model, self.adapter, self.data, self.stage, self.rl):
             flat.update({f.name: getattr(part, f.name) for f in fields(part)})
         training = self.training.to_dict()
         flat.update({k: v for k, v in training.items() if not k.startswith("_")})
@@ -284,14 +354,14 @@ def load_config(config_path: Optional[str] = None, overrides: Optional[list[str]
     decided.update(evaluation_defaults({**values, **cli_values}))
     parser = _RaisingParser(CONFIG_CLASSES)
     try:
-        model_args, adapter_args, data_args, stage_args, training_args = parser.parse_args_into_dataclasses(
+        model_args, adapter_args, data_args, stage_args, rl_args, training_args = parser.parse_args_into_dataclasses(
             args=_to_argv(values) + _to_argv(cli_values) + _to_argv(decided))
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:  # raised by TrainingArguments.__post_init__ for inconsistent values
         raise ConfigError(f"{origin}: {err}") from None
     config = TrainConfig(model_args, adapter_args, data_args, training_args, frozenset(values) | frozenset(cli_values),
-                         stage_args)
+                         stage_args, rl_args)
     validate(config, origin)
     return config
 
@@ -321,7 +391,7 @@ def several_processes_without_gpu() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
-DATA_PATH_KEYS = ("train_data_path", "eval_data_path")
+DATA_PATH_KEYS = ("train_data_path", "eval_data_path", "eval_prompts_path", "eval_after_training")
 
 
 def paths_relative_to(values: dict, folder: Path) -> dict:
@@ -380,7 +450,9 @@ def validate(config: TrainConfig, origin: str) -> None:
     if adapter.loraplus_lr_ratio is not None and adapter.loraplus_lr_ratio <= 0:
         raise ConfigError(f"{origin}: 'loraplus_lr_ratio' must be positive, got {adapter.loraplus_lr_ratio}")
     stage = config.stage
-    if stage.beta is not None and not stage.beta > 0:
+    if stage.stage in ("grpo", "distill"):
+        validate_rl(config, origin)
+    elif stage.beta is not None and not stage.beta > 0:
         raise ConfigError(f"{origin}: 'beta' must be positive, got {stage.beta}")
     if stage.dpo_loss_type == "robust" and not 0 <= stage.label_smoothing < 0.5:
         raise ConfigError(f"{origin}: 'label_smoothing' must be in [0, 0.5) for dpo_loss_type robust, "
@@ -398,6 +470,42 @@ def validate(config: TrainConfig, origin: str) -> None:
             raise ConfigError(f"{origin}: 'trick_impl: dojo' supports train_mode 'lora' only (got '{config.model.train_mode}')")
         if adapter.init_lora_weights != "default":
             raise ConfigError(f"{origin}: 'trick_impl: dojo' uses the default init; set init_lora_weights: default")
+
+
+def validate_rl(config: TrainConfig, origin: str) -> None:
+    """Ranges and combinations of the grpo and distill settings."""
+    stage, rl = config.stage, config.rl
+    if stage.beta is not None and stage.beta < 0:
+        raise ConfigError(f"{origin}: 'beta' must be at least 0, got {stage.beta}")
+    if stage.stage == "distill" and stage.beta is not None and stage.beta > 1:
+        raise ConfigError(f"{origin}: 'beta' of stage distill is a mixture weight in [0, 1], got {stage.beta}")
+    for key, low in (("num_generations", 2), ("max_completion_length", 1), ("num_iterations", 1)):
+        if getattr(rl, key) < low:
+            raise ConfigError(f"{origin}: '{key}' must be at least {low}, got {getattr(rl, key)}")
+    if not rl.temperature > 0:
+        raise ConfigError(f"{origin}: 'temperature' must be positive (completions are sampled), got {rl.temperature}")
+    if not 0 < rl.top_p <= 1:
+        raise ConfigError(f"{origin}: 'top_p' must be in (0, 1], got {rl.top_p}")
+    if not 0 <= rl.epsilon < 1 or (rl.epsilon_high is not None and rl.epsilon_high < 0):
+        raise ConfigError(f"{origin}: 'epsilon' must be in [0, 1) and 'epsilon_high' at least 0")
+    if not 0 <= rl.lmbda <= 1:
+        raise ConfigError(f"{origin}: 'lmbda' must be in [0, 1], got {rl.lmbda}")
+    if rl.teacher_model and rl.teacher_url:
+        raise ConfigError(f"{origin}: set either 'teacher_model' or 'teacher_url', not both")
+    has_teacher = bool(rl.teacher_model or rl.teacher_url)
+    if stage.stage == "distill" and not rl.teacher_model:
+        raise ConfigError(f"{origin}: stage distill needs 'teacher_model' (its whole distribution is compared; a "
+                          f"server's top log-probs are not enough)")
+    if stage.stage == "grpo":
+        if (rl.advantage == "kd" or rl.kd_coef) and not has_teacher:
+            raise ConfigError(f"{origin}: advantage kd and kd_coef need a teacher: set 'teacher_model' or 'teacher_url'")
+        if rl.advantage != "kd" and not rl.reward_funcs:
+            raise ConfigError(f"{origin}: stage grpo needs 'reward_funcs' (e.g. format, math_answer, length, "
+                              f"think_format or package.module:function), or advantage: kd with a teacher")
+        if rl.advantage == "rloo" and rl.num_generations < 2:
+            raise ConfigError(f"{origin}: advantage rloo needs num_generations of at least 2")
+    if config.adapter.trick_impl == "dojo":
+        raise ConfigError(f"{origin}: stage {stage.stage} uses PEFT adapters; set trick_impl: peft")
 
 
 def config_help() -> str:

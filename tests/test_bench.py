@@ -130,3 +130,19 @@ def test_dpo_bench_defaults_and_pairs():
     # Length-skewed: most answers short, a long tail (10 to 300 words drawn log-uniformly).
     assert words[0] >= 3 and words[-1] <= 330 and words[len(words) // 2] < 100 < words[-1]
 
+
+
+def test_grpo_bench_defaults_and_trl_reward_matches_dojos_format_reward():
+    from llm_dojo.bench_grpo import FORMAT_PATTERN, trl_format_reward
+    from llm_dojo.rewards.builtin import FormatReward
+
+    args = parse_args(["--stage", "grpo"])
+    assert (args.runs, args.steps, args.batch_size, args.learning_rate) == ("trl_grpo,dojo_grpo", 8, 1, 2e-4)
+    assert parse_args(["--stage", "grpo", "--steps", "2", "--runs", "dojo_grpo"]).steps == 2
+    # The TRL run's reward function must score exactly like dojo's built-in `format` with the demo's pattern.
+    texts = ["<answer>Tokyo</answer>", "  <answer>Tokyo</answer>\n", "The answer: <answer>Tokyo</answer>",
+             "<answer></answer>", "<answer>a<b</answer>", "<answer>" + "x" * 81 + "</answer>",
+             "<answer>two\nlines</answer>"]
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    expected = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    assert trl_format_reward(completions) == FormatReward(FORMAT_PATTERN)(completions) == expected

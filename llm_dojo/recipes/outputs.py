@@ -155,12 +155,14 @@ def plain(value):
     return str(value)
 
 
-REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+REWARD_CURVES = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                 "reward")  # the last: stage grpo's mean reward of the sampled completions
 
 
 def plot_loss(log_history: list[dict], path: Path) -> None:
     """training_loss.png: the logged training (and eval) loss by step; for preference stages, the rewards of the
-    chosen and rejected answers, their margin and the share of pairs ranked right, in a second panel."""
+    chosen and rejected answers, their margin and the share of pairs ranked right, in a second panel; for grpo,
+    the mean reward of the sampled completions (and the held-out greedy reward) there."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,6 +173,9 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
     rewards = {name: [(e["step"], e[name]) for e in log_history if name in e and "loss" in e]
                for name in REWARD_CURVES}
     rewards = {name: points for name, points in rewards.items() if points}
+    heldout_reward = [(e["step"], e["eval_reward"]) for e in log_history if "eval_reward" in e]
+    if heldout_reward:
+        rewards["held-out reward (greedy)"] = heldout_reward
     fig, axes = plt.subplots(1, 2 if rewards else 1, figsize=(11 if rewards else 6, 4), squeeze=False)
     ax = axes[0][0]
     ax.plot(steps, losses, marker="o", label="train loss")
@@ -188,7 +193,7 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
             if name != "rewards/accuracies":
                 reward_ax.plot(*zip(*points), marker=".", label=name)
         reward_ax.set_xlabel("step")
-        reward_ax.set_ylabel("reward (β · log-ratio)")
+        reward_ax.set_ylabel("reward" if "reward" in rewards else "reward (β · log-ratio)")
         reward_ax.set_title("rewards")
         reward_ax.grid(alpha=0.3)
         if "rewards/accuracies" in rewards:  # a share, on its own scale

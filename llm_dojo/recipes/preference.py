@@ -301,4 +301,7 @@ def train_preference(config, return_model: bool = False):
     save_run(trainer, config, tokenizer, data, resolved_config, summary)
     if interrupted:
         raise TrainingInterrupted(trainer.state.global_step, trainer.state.max_steps, args.output_dir)
+    from llm_dojo.eval.hook import eval_after_training
+
+    eval_after_training(config, trainer.model, tokenizer, data.chat_format, summary)  # config key eval_after_training
     return (summary, trainer.model) if return_model else summary

@@ -22,6 +22,7 @@ from llm_dojo.config import (CHECKPOINTING_KEYS, ConfigError, TrainConfig, check
 from llm_dojo.data.batching import BatchPackingCollator, PaddedCollator
 from llm_dojo.data.store import open_training_data
 from llm_dojo.data.sources import DataError
+from llm_dojo.eval.hook import eval_after_training
 from llm_dojo.models.adapters import build_optimizer, count_parameters, make_trainable
 from llm_dojo.models.loading import load_model, load_tokenizer, parse_dtype
 from llm_dojo.preflight import check_model, check_output_dir
@@ -66,7 +67,15 @@ def train(config: TrainConfig, return_model: bool = False):
     """Run one fine-tuning job and return a summary (losses, timings); with return_model, (summary, model)."""
     from transformers import set_seed
 
-    if config.stage.stage != "sft":  # each stage is its own recipe file; they share this module's helpers
+    if config.stage.stage == "grpo":  # each stage is its own recipe file; they share this module's helpers
+        from llm_dojo.recipes.rl import train_rl
+
+        return train_rl(config, return_model)
+    if config.stage.stage == "distill":
+        from llm_dojo.recipes.distill import train_distill
+
+        return train_distill(config, return_model)
+    if config.stage.stage != "sft":
         from llm_dojo.recipes.preference import train_preference
 
         return train_preference(config, return_model)
@@ -126,6 +135,7 @@ def train(config: TrainConfig, return_model: bool = False):
     save_run(trainer, config, tokenizer, data, resolved_config, summary)
     if interrupted:
         raise TrainingInterrupted(trainer.state.global_step, trainer.state.max_steps, args.output_dir)
+    eval_after_training(config, trainer.model, tokenizer, data.chat_format, summary)  # config key eval_after_training
     return (summary, trainer.model) if return_model else summary
 
 
