@@ -18,7 +18,8 @@ def prepare(path, tokenizer, **rl):
 def test_every_prompt_format_renders_the_official_template_with_the_assistant_header(write_jsonl, smol_tokenizer):
     path = write_jsonl([{"prompt": "What is 2 plus 2?", "answer": "4"},
                         {"messages": [{"role": "user", "content": "What is 2 plus 2?"}], "answer": "4"},
-                        {"instruction": "What is 2 plus 2?", "answer": "4"}])
+                        {"instruction": "What is 2 plus 2?", "answer": "4"},
+                        {"instruction": "What is 2 plus 2?", "system": "Be brief.", "answer": "4"}])
     prepared = prepare(path, smol_tokenizer, system_prompt="Be brief.")
     expected = smol_tokenizer.apply_chat_template(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"}],
@@ -49,3 +50,10 @@ def test_prompts_longer_than_max_len_minus_completion_are_dropped_not_cut(write_
     assert all(len(item["prompt_ids"]) <= 96 for item in prepared.train)
     with pytest.raises(DataError, match="max_completion_length"):
         prepare(path, smol_tokenizer, max_len=32, max_completion_length=32)
+
+
+def test_an_alpaca_system_field_is_the_system_message_not_a_reward_column(write_jsonl, smol_tokenizer):
+    path = write_jsonl([{"instruction": "Hi?", "system": "You are Dojo.", "answer": "x"}], "alpaca.jsonl")
+    item = prepare(path, smol_tokenizer).train[0]
+    assert item["messages"][0] == {"role": "system", "content": "You are Dojo."}
+    assert "You are Dojo." in smol_tokenizer.decode(item["prompt_ids"]) and item["columns"] == {"answer": "x"}

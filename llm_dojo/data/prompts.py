@@ -6,7 +6,7 @@ template with the assistant header the model continues from) → sampled complet
 Accepted records (one per line of a jsonl file, or one per row of json/parquet):
     {"prompt": str | messages, ...columns}
     {"messages": [... ending with a user turn], ...columns}
-    {"instruction", "input"?, ...columns}                                    (alpaca style)
+    {"instruction", "input"?, "system"?, ...columns}                         (alpaca style)
 Every other field (for example "solution" or "answer" for the math_answer reward) is a column: reward functions
 receive it as a keyword argument holding one value per completion, as TRL's reward functions do.
 """
@@ -17,12 +17,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from llm_dojo.data.records import prompt_messages
+from llm_dojo.data.records import _text, prompt_messages
 from llm_dojo.data.sources import DataError, LoadReport, read_sources
 
 logger = logging.getLogger(__name__)
 
-PROMPT_FIELDS = ("prompt", "messages", "instruction", "input")
+PROMPT_FIELDS = ("prompt", "messages", "instruction", "input", "system")
 # Names our reward call passes itself; a data column with one of these names would be silently overwritten.
 RESERVED_COLUMNS = ("completions", "prompts", "completion_ids")
 
@@ -39,6 +39,8 @@ class PromptRecord:
 def to_prompt_record(record: Any, where: str) -> PromptRecord:
     """One raw record → a PromptRecord, or a DataError naming the file, line and field."""
     messages = prompt_messages(record, where)
+    if record.get("system") is not None and messages[0]["role"] != "system":  # alpaca's system field, as in SFT
+        messages = [{"role": "system", "content": _text(record["system"], where, "system")}] + messages
     columns = {key: value for key, value in record.items() if key not in PROMPT_FIELDS}
     clash = [key for key in columns if key in RESERVED_COLUMNS]
     if clash:
